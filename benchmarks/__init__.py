@@ -1,0 +1,1 @@
+"""Benchmark tools: compare mesowriter against peer writers and the raw disk."""

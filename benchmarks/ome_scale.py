@@ -1,0 +1,124 @@
+"""How long and how much memory `build_ome_xml` needs for a large file.
+
+Records are realistic DemoCamera burst metadata (~0.8 KB of JSON each, as
+pymmcore-plus delivers them with `mda_event` reduced to JSON) for a complete
+T x C x Z sequence. They are streamed from a generator, as the sink streams
+them from its journal, so the figures are what finalisation itself costs.
+Time is measured without tracemalloc (it slows Python down), memory in a
+second run with it.
+
+    .venv/bin/python benchmarks/ome_scale.py [frames]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+from mesowriter._ome import build_ome_xml
+
+CHANNELS = ["DAPI", "FITC", "Cy5", "Rhodamine"]
+NZ = 10
+PROPS = [
+    {"dev": "Dichroic", "prop": "Label", "val": "400DCLP"},
+    {"dev": "Emission", "prop": "Label", "val": "Chroma-HQ620"},
+    {"dev": "Excitation", "prop": "Label", "val": "Chroma-D360"},
+    {"dev": "Core", "prop": "Shutter", "val": "White Light Shutter"},
+]
+
+
+def _sequence(frames: int) -> dict[str, Any]:
+    loops = max(frames // (len(CHANNELS) * NZ), 1)
+    return {
+        "metadata": {},
+        "axis_order": ["t", "p", "c", "z"],
+        "stage_positions": [],
+        "grid_plan": None,
+        "channels": [{"config": c, "group": "Channel"} for c in CHANNELS],
+        "time_plan": {"interval": 0.0, "loops": loops},
+        "z_plan": {"range": NZ - 1.0, "step": 1.0},
+    }
+
+
+def _records(frames: int) -> Iterator[tuple[int, bytes]]:
+    nc = len(CHANNELS)
+    for i in range(frames):
+        t, rest = divmod(i, nc * NZ)
+        c, z = divmod(rest, NZ)
+        ms = 10.0 + 2.013 * i
+        meta = {
+            "format": "frame-dict",
+            "version": "1.0",
+            "runner_time_ms": ms,
+            "camera_device": "Camera",
+            "property_values": PROPS,
+            "exposure_ms": 2.0,
+            "pixel_size_um": 1.0,
+            "mda_event": {
+                "index": {"t": t, "c": c, "z": z},
+                "channel": {"config": CHANNELS[c], "group": "Channel"},
+                "min_start_time": 0.0,
+                "z_pos": z - 4.5,
+                "metadata": {},
+                "action": {"type": "acquire_image"},
+                "keep_shutter_open": False,
+                "reset_event_timer": i == 0,
+            },
+            "hardware_triggered": True,
+            "images_remaining_in_buffer": i % 7,
+            "camera_metadata": {
+                "Binning": "1",
+                "Camera": "Camera",
+                "ElapsedTime-ms": f"{ms - 1.9:.2f}",
+                "Height": "2048",
+                "ImageNumber": str(i),
+                "PixelType": "GRAY16",
+                "ROI-X-start": "0",
+                "ROI-Y-start": "0",
+                "TimeReceivedByCore": f"2026-11-24 12:21:{3 + i // 500_000:02d}."
+                f"{(i * 2013) % 1_000_000:06d}",
+                "Width": "2048",
+            },
+        }
+        yield i, json.dumps(meta).encode()
+
+
+def _build(frames: int) -> str:
+    return build_ome_xml(
+        shape=(2048, 2048),
+        dtype="<u2",
+        records=_records(frames),
+        sequence=_sequence(frames),
+        position_key="p0",
+        image_name="scale",
+    )
+
+
+def measure_ome_finalise(frames: int = 100_000) -> dict[str, Any]:
+    """Seconds and peak extra MB of `build_ome_xml` for `frames` records."""
+    meta_bytes = sum(len(r) for _, r in _records(min(frames, 1000)))
+    t0 = time.perf_counter()
+    xml = _build(frames)
+    seconds = time.perf_counter() - t0
+    xml_chars = len(xml)
+    del xml
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    _build(frames)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return {
+        "frames": frames,
+        "seconds": round(seconds, 2),
+        "peak_extra_mb": round(peak / 1e6, 1),
+        "xml_mb": round(xml_chars / 1e6, 1),
+        "metadata_json_bytes_per_frame": round(meta_bytes / min(frames, 1000)),
+    }
+
+
+if __name__ == "__main__":
+    print(measure_ome_finalise(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))

@@ -1,0 +1,155 @@
+"""The metadata journal and the legacy sidecar it becomes.
+
+While a stream is open its worker appends one JSON line per frame written
+(frame index, file position and the metadata bytes exactly as the producer
+encoded them). A crash keeps every complete line; the first line says what
+the stream was. At completion the journal becomes the legacy sidecar::
+
+    <data file>_frame_metadata.json = {"<position key>": [meta, meta, ...]}
+
+built by joining the stored JSON bytes, never re-encoding them, and written
+atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Any
+
+import msgspec
+
+from mesowriter._spec import StreamSpec
+
+JOURNAL_VERSION = 1
+
+
+class JournalHeader(msgspec.Struct, frozen=True):
+    mesowriter_journal: int
+    spec: StreamSpec
+
+
+class JournalRecord(msgspec.Struct, frozen=True):
+    i: int  # the stream's frame index (order of receipt)
+    k: int  # position in the data file
+    m: msgspec.Raw  # metadata JSON, verbatim
+
+
+_header_decoder = msgspec.json.Decoder(JournalHeader)
+_record_decoder = msgspec.json.Decoder(JournalRecord)
+_encoder = msgspec.json.Encoder()
+
+
+class Journal:
+    """Append-only, newline-delimited JSON; its valid prefix survives a crash."""
+
+    def __init__(self, path: str, fd: int, records: int) -> None:
+        self.path = path
+        self._fd = fd
+        self.records = records
+
+    @classmethod
+    def create(cls, path: str, spec: StreamSpec) -> Journal:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        os.write(fd, _encoder.encode(JournalHeader(JOURNAL_VERSION, spec)) + b"\n")
+        return cls(path, fd, 0)
+
+    @classmethod
+    def reopen(cls, path: str) -> Journal:
+        """Reopen after a crash: drop a torn last line, keep the rest."""
+        header, records, valid_bytes = scan(path)
+        del header
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.ftruncate(fd, valid_bytes)
+        return cls(path, fd, len(records))
+
+    def append(self, entries: list[tuple[int, int, bytes]]) -> None:
+        """Record frames (index, file position, metadata JSON) as written."""
+        lines = [
+            b'{"i":%d,"k":%d,"m":%s}\n' % (i, k, m or b"{}") for i, k, m in entries
+        ]
+        data = b"".join(lines)
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.records += len(entries)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        with suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def scan(path: str) -> tuple[JournalHeader, list[JournalRecord], int]:
+    """Read a journal: its header, its complete records, its valid length."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    first = data.find(b"\n")
+    if first < 0:
+        raise ValueError(f"{path}: journal has no complete header")
+    header = _header_decoder.decode(data[:first])
+    records: list[JournalRecord] = []
+    pos = first + 1
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        try:
+            records.append(_record_decoder.decode(data[pos:end]))
+        except msgspec.DecodeError:
+            break
+        pos = end + 1
+    return header, records, pos
+
+
+def iter_records(path: str) -> Iterator[tuple[int, bytes]]:
+    """(frame index, metadata JSON) of every journalled frame, in file order."""
+    _, records, _ = scan(path)
+    for rec in records:
+        yield rec.i, bytes(rec.m)
+
+
+def write_sidecar(
+    path: str,
+    groups: dict[str, list[bytes]],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write {key: [meta, ...]} atomically from already-encoded JSON items."""
+    parts = [b"{"]
+    first = True
+    for key, items in groups.items():
+        if not first:
+            parts.append(b",")
+        first = False
+        parts += [_encoder.encode(key), b":[", b",".join(items), b"]"]
+    for key, value in (extra or {}).items():
+        if not first:
+            parts.append(b",")
+        first = False
+        parts += [_encoder.encode(key), b":", _encoder.encode(value)]
+    parts.append(b"}")
+    atomic_write(path, b"".join(parts))
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write to a temporary sibling, sync it, then rename it into place."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

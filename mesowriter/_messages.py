@@ -1,0 +1,84 @@
+"""The message protocol between the user's process and writer workers.
+
+Pixels never travel here: they sit in the ring. These small msgspec structs
+travel over one pipe in each direction per worker::
+
+    parent -> worker   OpenStream, Doorbell, WantSpace, CloseStream, Shutdown
+    worker -> parent   StreamOpened, Space, StreamFailed, StreamClosed
+
+`Doorbell` says "frames were published on this stream" (the cursor in the
+ring says how many). `WantSpace` is how a producer facing a full ring asks
+to be woken: it is a message in the same ordered pipe, not a shared flag, so
+the worker cannot miss it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from mesowriter._ring import RingLayout
+from mesowriter._spec import StreamSpec
+
+
+class RemoteError(msgspec.Struct, frozen=True):
+    """An exception raised in a worker, carried back with its traceback."""
+
+    type: str
+    message: str
+    traceback: str
+    errno: int | None = None
+
+
+class OpenStream(msgspec.Struct, frozen=True, tag=True):
+    spec: StreamSpec
+    ring: RingLayout
+    resume: bool = False
+
+
+class Doorbell(msgspec.Struct, frozen=True, tag=True, gc=False):
+    stream_id: int
+
+
+class WantSpace(msgspec.Struct, frozen=True, tag=True, gc=False):
+    stream_id: int
+    seq: int  # the frame waiting for a slot
+
+
+class CloseStream(msgspec.Struct, frozen=True, tag=True):
+    stream_id: int
+    published: int  # frames the producer published in all
+    reason: str
+
+
+class Shutdown(msgspec.Struct, frozen=True, tag=True):
+    pass
+
+
+class StreamOpened(msgspec.Struct, frozen=True, tag=True):
+    stream_id: int
+    resumed_from: int = 0
+    error: RemoteError | None = None
+
+
+class Space(msgspec.Struct, frozen=True, tag=True, gc=False):
+    stream_id: int
+
+
+class StreamFailed(msgspec.Struct, frozen=True, tag=True):
+    stream_id: int
+    error: RemoteError
+
+
+class StreamClosed(msgspec.Struct, frozen=True, tag=True):
+    stream_id: int
+    report: dict[str, Any]
+
+
+ToWorker = OpenStream | Doorbell | WantSpace | CloseStream | Shutdown
+ToParent = StreamOpened | Space | StreamFailed | StreamClosed
+
+encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+to_parent_decoder = msgspec.msgpack.Decoder(ToParent)

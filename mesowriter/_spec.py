@@ -1,0 +1,80 @@
+"""What a stream is: the settings the parent validates and sends to a worker.
+
+A `StreamSpec` is decided once, in the user's process, before the camera
+starts, then travels to the worker process as msgpack. Everything a worker
+needs to open, resume and finalise the stream's files is in it, so a
+replacement worker can take over a stream from the spec and the ring alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+SPEC_VERSION = 1
+
+
+class VideoOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How a video stream is encoded (see `mesowriter.video`)."""
+
+    fps: float = 30.0
+    fourcc: str = "H264"
+    is_color: bool = False
+    # Fixed 16->8 bit mapping for the whole file: [low, high] -> [0, 255].
+    # None means "from the camera's bit depth" (0 .. 2**bit_depth - 1).
+    display_range: tuple[float, float] | None = None
+    bit_depth: int | None = None
+    per_frame_normalize: bool = False
+    lossless: bool = False
+
+
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One output file and how to write it."""
+
+    stream_id: int
+    path: str
+    kind: str  # "ome-tiff" or "video"
+    shape: tuple[int, ...]  # (height, width) or (height, width, samples)
+    dtype: str  # numpy dtype string, e.g. "<u2"
+    frames: int | None = None  # expected frame count, when known
+    overwrite: bool = False
+    position_key: str = "p0"
+    direct_io: bool = True
+    # Plain JSON of the useq.MDASequence that produced the frames, if any.
+    sequence: dict[str, Any] | None = None
+    # Summary metadata delivered with sequenceStarted, reduced to JSON types.
+    summary: dict[str, Any] | None = None
+    video: VideoOptions | None = None
+    # Extra JSON merged into the sidecar at the end (video direct mode).
+    extra_metadata: dict[str, Any] | None = None
+    fault: str | None = None  # test-only fault injection, see mesowriter._faults
+    version: int = SPEC_VERSION
+
+    @property
+    def frame_nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * _itemsize(self.dtype)
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return int(np.dtype(dtype).itemsize)
+
+
+def sidecar_path(data_path: str) -> str:
+    """The legacy sidecar name: the full data file name + `_frame_metadata.json`."""
+    return f"{data_path}_frame_metadata.json"
+
+
+def report_path(data_path: str) -> str:
+    """Where a stream's machine-readable report lands, next to the data."""
+    return f"{data_path}_report.json"
+
+
+def journal_path(data_path: str) -> str:
+    """The append-only metadata journal kept while a stream is open."""
+    return f"{data_path}_journal.ndjson"

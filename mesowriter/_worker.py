@@ -1,0 +1,319 @@
+"""The writer worker process: drains rings into sinks, in order, one batch at a time.
+
+::
+
+    user's process (acquisition)               writer worker (spawned)
+    ----------------------------               -----------------------
+    Stream.write(frame, meta)
+      copy pixels -> ring slot  ===shm===>     StreamRunner.step()
+      meta JSON   -> ring meta  ===shm===>       SlotFrames (views, no copy)
+      write_cursor += 1                          sink.write(batch)  -> data file
+      Doorbell ----------------pipe------->      journal.append()   -> journal
+                                                 read_cursor += n   (slot free)
+      (full ring) WantSpace ---pipe------->      ... Space once a slot is free
+      Monitor thread <---------pipe--------      StreamOpened / Failed / Closed
+      Monitor thread <-- process sentinel --     (worker death)
+
+A worker never calls MMCore and never sees a pickled pixel. It exits when
+told to, or finishes what the ring holds and exits when its parent dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import suppress
+from multiprocessing import connection, parent_process
+from typing import Any
+
+import msgspec
+
+from mesowriter import _messages as m
+from mesowriter._errors import remote_error
+from mesowriter._faults import Faults
+from mesowriter._journal import Journal, atomic_write, scan, write_sidecar
+from mesowriter._ring import FrameRing, RingLayout
+from mesowriter._spec import StreamSpec, journal_path, report_path, sidecar_path
+from mesowriter.sinks import FrameBatch, SlotFrame, sink_class
+
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+
+
+class StreamRunner:
+    """One stream inside a worker: ring -> sink -> journal -> read cursor."""
+
+    def __init__(self, spec: StreamSpec, layout: RingLayout, resume: bool) -> None:
+        self.spec = spec
+        self.faults = Faults.parse(spec.fault)
+        self.sink = sink_class(spec.kind)(spec)
+        self.error: m.RemoteError | None = None
+        self.secondary_errors: list[str] = []
+        self.report: dict[str, Any] | None = None
+        self.write_seconds = 0.0
+        self.ring = FrameRing.attach(layout)
+        jpath = journal_path(spec.path)
+        self.resumed_from = 0
+        if resume and os.path.exists(jpath):
+            self.journal = Journal.reopen(jpath)
+            self.resumed_from = self.journal.records
+            if self.resumed_from:
+                self.sink.open(resume_from=self.resumed_from)
+            else:
+                self._reopen_fresh()
+        else:
+            self.sink.open(0)
+            self.journal = Journal.create(jpath, spec)
+        self.next = self.journal.records
+        self.ring.read_cursor = self.next
+
+    def _reopen_fresh(self) -> None:
+        """A worker died before its first frame: start the file again."""
+        self.sink = sink_class(self.spec.kind)(
+            msgspec.structs.replace(self.spec, overwrite=True)
+        )
+        self.sink.open(0)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def pending(self) -> bool:
+        return (
+            not self.failed
+            and self.report is None
+            and (self.ring.write_cursor > self.next)
+        )
+
+    def step(self) -> int:
+        """Write the next run of published frames; return how many."""
+        ring = self.ring
+        stop = ring.write_cursor
+        if self.next >= stop:
+            return 0
+        first, count = next(ring.runs(self.next, stop, MAX_BATCH_BYTES))
+        frames = []
+        for seq in range(first, first + count):
+            index, meta = ring.get_metadata(seq)
+            frames.append(SlotFrame(index, ring.pixels(seq), meta))
+        batch = FrameBatch(
+            frames=frames,
+            span=ring.span(first, count),
+            prefixes=[ring.prefix(s) for s in range(first, first + count)],
+            slot_stride=ring.stride,
+        )
+        self.faults.before_write(self.next, count)
+        t0 = time.perf_counter()
+        nbytes = self.sink.write(batch)
+        self.write_seconds += time.perf_counter() - t0
+        self.journal.append(
+            [(f.index, first + j, f.metadata) for j, f in enumerate(frames)]
+        )
+        before = self.next
+        self.next += count
+        ring.bytes_written = ring.bytes_written + nbytes
+        ring.read_cursor = self.next
+        self.faults.after_commit(before, self.next)
+        return count
+
+    def idle(self) -> None:
+        """Nothing to write right now: let readers see what is on disk."""
+        with suppress(Exception):
+            self.sink.flush(force=True)
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop writing; finalise what made it to disk."""
+        self.error = remote_error(exc)
+        self.close("error")
+
+    def close(self, reason: str, published: int | None = None) -> dict[str, Any]:
+        """Finalise file and sidecar (each step guarded); build the report."""
+        if self.report is not None:
+            return self.report
+        end = self.ring.write_cursor if published is None else published
+        lost = [self.ring.get_metadata(s)[0] for s in range(self.next, end)]
+        records: list[tuple[int, bytes]] = []
+        try:
+            self.journal.close()
+            _, recs, _ = scan(self.journal.path)
+            records = [(r.i, bytes(r.m)) for r in recs]
+        except Exception as exc:
+            self.secondary_errors.append(f"reading the journal: {exc!r}")
+        sink_summary: dict[str, Any] = {}
+        try:
+            sink_summary = self.sink.close(reason, iter(records))
+        except Exception as exc:
+            self.secondary_errors.append(f"finalising the file: {exc!r}")
+            abort = getattr(self.sink, "abort", None)
+            if abort is not None:
+                with suppress(Exception):
+                    abort()
+        sidecar = sidecar_path(self.spec.path)
+        try:
+            write_sidecar(
+                sidecar,
+                {self.spec.position_key: [meta for _, meta in records]},
+                extra=self.spec.extra_metadata,
+            )
+            if not self.secondary_errors:
+                self.journal.remove()
+        except Exception as exc:
+            self.secondary_errors.append(f"writing the sidecar: {exc!r}")
+        self.report = {
+            "frames_written": len(records),
+            "bytes_written": self.ring.bytes_written,
+            "write_seconds": self.write_seconds,
+            "lost_indices": lost,
+            "sidecar": sidecar,
+            "sink": sink_summary,
+            "resumed_from": self.resumed_from,
+            "error": msgspec.to_builtins(self.error) if self.error else None,
+            "secondary_errors": self.secondary_errors,
+        }
+        self.ring.close()
+        return self.report
+
+
+class Worker:
+    """The message loop of one writer process."""
+
+    def __init__(self, inbound: Any, outbound: Any) -> None:
+        self.inbound = inbound
+        self.outbound = outbound
+        self.streams: dict[int, StreamRunner] = {}
+        self.wants: dict[int, int] = {}
+        self.closing: dict[int, m.CloseStream] = {}
+        parent = parent_process()
+        self.parent_sentinel = parent.sentinel if parent is not None else None
+
+    def send(self, msg: m.ToParent) -> None:
+        with suppress(OSError):  # the parent is gone: nobody to tell
+            self.outbound.send_bytes(m.encoder.encode(msg))
+
+    def run(self) -> None:
+        while True:
+            if not self._busy():
+                waitables: list[Any] = [self.inbound]
+                if self.parent_sentinel is not None:
+                    waitables.append(self.parent_sentinel)
+                ready = connection.wait(waitables)
+                if self.inbound not in ready:
+                    self._orphaned()
+                    return
+            while self.inbound.poll():
+                try:
+                    raw = self.inbound.recv_bytes()
+                except EOFError:
+                    self._orphaned()
+                    return
+                msg = m.to_worker_decoder.decode(raw)
+                if isinstance(msg, m.Shutdown):
+                    self._close_all("canceled")
+                    return
+                self._handle(msg)
+            self._work()
+
+    def _busy(self) -> bool:
+        if any(r.pending() for r in self.streams.values()):
+            return True
+        return any(self._close_ready(sid) for sid in self.closing)
+
+    def _handle(self, msg: m.ToWorker) -> None:
+        if isinstance(msg, m.Doorbell):
+            return
+        if isinstance(msg, m.WantSpace):
+            self.wants[msg.stream_id] = msg.seq
+            self._answer_want(msg.stream_id)
+        elif isinstance(msg, m.OpenStream):
+            self._open(msg)
+        elif isinstance(msg, m.CloseStream):
+            self.closing[msg.stream_id] = msg
+
+    def _open(self, msg: m.OpenStream) -> None:
+        sid = msg.spec.stream_id
+        try:
+            runner = StreamRunner(msg.spec, msg.ring, msg.resume)
+        except Exception as exc:
+            self.send(m.StreamOpened(sid, error=remote_error(exc)))
+            return
+        self.streams[sid] = runner
+        self.send(m.StreamOpened(sid, resumed_from=runner.resumed_from))
+
+    def _answer_want(self, sid: int) -> None:
+        seq = self.wants.get(sid)
+        runner = self.streams.get(sid)
+        if seq is None:
+            return
+        if (
+            runner is None
+            or runner.failed
+            or runner.report is not None
+            or (seq - runner.ring.read_cursor < runner.ring.n_slots)
+        ):
+            del self.wants[sid]
+            self.send(m.Space(sid))
+
+    def _work(self) -> None:
+        for sid, runner in list(self.streams.items()):
+            if runner.pending():
+                try:
+                    runner.step()
+                except Exception as exc:
+                    runner.fail(exc)
+                    assert runner.error is not None
+                    self.send(m.StreamFailed(sid, runner.error))
+                if not runner.pending():
+                    runner.idle()
+            self._answer_want(sid)
+        for sid in [s for s in self.closing if self._close_ready(s)]:
+            close = self.closing.pop(sid)
+            runner = self.streams.pop(sid)
+            report = runner.close(close.reason, close.published)
+            self.send(m.StreamClosed(sid, report))
+
+    def _close_ready(self, sid: int) -> bool:
+        runner = self.streams.get(sid)
+        close = self.closing[sid]
+        return runner is None or runner.failed or runner.next >= close.published
+
+    def _close_all(self, reason: str) -> None:
+        for sid, runner in list(self.streams.items()):
+            with suppress(Exception):
+                self.send(m.StreamClosed(sid, runner.close(reason)))
+        self.streams.clear()
+
+    def _orphaned(self) -> None:
+        """The user's process died: write what the rings hold, then finalise.
+
+        The producer is gone, so each ring's write cursor is final; those
+        frames reached us and are written. The report notes the cause, since
+        no parent is left to write it.
+        """
+        for runner in self.streams.values():
+            while runner.pending():
+                try:
+                    runner.step()
+                except Exception as exc:
+                    runner.fail(exc)
+            report = runner.close("acquisition process exited")
+            with suppress(Exception):
+                atomic_write(
+                    report_path(runner.spec.path),
+                    msgspec.json.format(
+                        msgspec.json.encode(
+                            {
+                                "path": runner.spec.path,
+                                "finish_reason": "acquisition process exited",
+                                "worker": report,
+                            }
+                        )
+                    ),
+                )
+        self.streams.clear()
+
+
+def worker_main(inbound: Any, outbound: Any) -> None:
+    """Entry point of a spawned writer process."""
+    # Ctrl-C goes to the whole process group; the parent decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Worker(inbound, outbound).run()

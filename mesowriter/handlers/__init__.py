@@ -1,0 +1,17 @@
+"""pymmcore-plus handlers with the legacy names: CustomWriter and CV2Writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mesowriter.handlers._custom_writer import CustomWriter
+
+__all__ = ["CV2Writer", "CustomWriter"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CV2Writer":  # imports OpenCV only when asked for
+        from mesowriter.handlers._cv2_writer import CV2Writer
+
+        return CV2Writer
+    raise AttributeError(name)

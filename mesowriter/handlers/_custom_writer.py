@@ -1,0 +1,318 @@
+"""CustomWriter: the legacy OME-TIFF handler, now fed to writer processes.
+
+Same name, constructor and files as the writer labs already call: BigTIFF
+OME-TIFF, one file per position when a sequence has several, and the legacy
+sidecar `<filename>_frame_metadata.json`. What changed is where the work
+happens: `frameReady` copies the frame into a shared-memory ring and returns;
+writer processes do the disk I/O.
+
+Two ways to connect it:
+
+- `core.mda.run(seq, output=writer)`: pymmcore-plus calls it from a relay
+  thread fed by an unbounded queue (convenient, but the relay thread competes
+  with the acquisition thread for the GIL; measured at about half the
+  throughput);
+- `with writer.attach(core): core.mda.run(seq)`: called on the acquisition
+  thread itself, which for mesowriter costs one memcpy per frame.
+
+pymmcore-plus logs and swallows exceptions from handlers, and an exception in
+`frameReady` would kill the relay thread; so `frameReady` never raises, and
+every problem is collected and raised at `sequenceFinished` (also kept in
+`writer.error` and in each stream's report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from mesowriter._errors import WriterError
+from mesowriter._journal import atomic_write
+from mesowriter._metadata import CustomJSONEncoder, _plain
+from mesowriter._paths import position_path, prepare_output_path
+from mesowriter._report import StreamReport
+from mesowriter._service import DEFAULT_RING_BYTES, WriterService
+from mesowriter._spec import sidecar_path
+from mesowriter._stream import Stream
+from mesowriter.sinks._tiff import TIFF_SUFFIXES, tiff_suffix
+
+_COUNT_EVENTS_UP_TO = 50_000
+_MIN_RING_BYTES = 64 * 1024 * 1024
+
+
+class CustomWriter:
+    """BigTIFF OME-TIFF + frame-metadata sidecar for pymmcore-plus MDA runs.
+
+    Parameters
+    ----------
+    filename
+        The data file (`.ome.tif`, `.ome.tiff`, `.tif`, `.tiff`). With
+        several positions each goes to `<stem>_<position key><suffix>`.
+    service
+        A WriterService to share with other writers (e.g. a CV2Writer for a
+        second camera); by default the writer starts and owns one.
+    ring_bytes
+        Shared memory for the ring, split between positions.
+    policy
+        Full-ring policy: "block" (default) or "drop".
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        *,
+        service: WriterService | None = None,
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        policy: str = "block",
+        overwrite: bool = False,
+        direct_io: bool = True,
+        workers: int = 1,
+    ) -> None:
+        name = os.fspath(filename)
+        if tiff_suffix(name) is None:
+            raise ValueError(
+                f"{name!r}: CustomWriter writes OME-TIFF; use one of {TIFF_SUFFIXES}"
+            )
+        self._filename = prepare_output_path(name, overwrite)
+        self._overwrite = overwrite
+        self._ring_bytes = ring_bytes
+        self._policy = policy
+        self._direct_io = direct_io
+        self._own_service = service is None
+        self._service = (
+            service if service is not None else WriterService(workers=workers)
+        )
+        self.frame_metadatas: dict[str, list[dict[str, Any]]] = {}
+        self.reports: dict[str, StreamReport] = {}
+        self.errors: list[str] = []
+        self.error: WriterError | None = None
+        self._streams: dict[str, Stream] = {}
+        self._expected: dict[str, int | None] = {}
+        self._sequence: Any = None
+        self._sequence_json: dict[str, Any] | None = None
+        self._summary: dict[str, Any] | None = None
+        self._multi = False
+        self._canceled = False
+
+    @property
+    def filename(self) -> str:
+        return self._filename
+
+    @property
+    def service(self) -> WriterService:
+        return self._service
+
+    def path_for(self, key: str) -> str:
+        """The data file of position `key`."""
+        return position_path(self._filename, key) if self._multi else self._filename
+
+    # -- pymmcore-plus callbacks -------------------------------------------------
+    def sequenceStarted(self, seq: Any, meta: Mapping[str, Any] | None = None) -> None:
+        """Plan one file per position and open them before the first frame."""
+        self._reset()
+        self._sequence = seq
+        self._sequence_json = _plain_json(seq)
+        self._summary = _summary_json(meta)
+        keys, expected = _positions(seq)
+        self._multi = len(keys) > 1
+        self._expected = expected
+        infos = (meta or {}).get("image_infos") or []
+        if len(infos) == 1 and "plane_shape" in infos[0]:
+            shape = tuple(int(s) for s in infos[0]["plane_shape"])
+            dtype = np.dtype(infos[0]["dtype"])
+            for key in keys:
+                try:
+                    self._open(key, shape, dtype)
+                except Exception as exc:
+                    self._record(f"opening {self.path_for(key)}: {exc}", exc)
+
+    def frameReady(
+        self, img: np.ndarray, event: Any, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Hand the frame to its position's ring. Never raises (see module doc)."""
+        try:
+            from mesowriter._ome import file_key_for_event
+
+            key = file_key_for_event(dict(event.index), event.pos_name)
+            stream = self._streams.get(key)
+            if stream is None:
+                stream = self._open(key, img.shape, img.dtype)
+            stream.write(img, meta if meta is not None else {"mda_event": event})
+        except Exception as exc:
+            self._record(f"frame {getattr(event, 'index', '?')}: {exc}", exc)
+
+    def sequenceCanceled(self, seq: Any = None) -> None:
+        self._canceled = True
+
+    def sequenceFinished(self, seq: Any = None) -> None:
+        """Finalise every file and sidecar; raise if anything was lost or failed."""
+        reason = "canceled" if self._canceled else "completed"
+        for key, stream in list(self._streams.items()):
+            try:
+                report = stream.close(reason, check=False)
+            except Exception as exc:  # the service itself is broken
+                self._record(f"closing {stream.spec.path}: {exc}", exc)
+                continue
+            self.reports[key] = report
+            if report.error:
+                self._record(f"{report.path}: {report.error}", None)
+            elif report.frames_dropped:
+                self._record(
+                    f"{report.path}: {report.frames_dropped} frame(s) not written "
+                    f"(indices {report.dropped_indices[:20]})",
+                    None,
+                )
+        self._streams.clear()
+        self.frame_metadatas = self._load_sidecars()
+        if self._multi:
+            try:
+                self.finalize_metadata()
+            except Exception as exc:
+                self._record(f"writing the combined sidecar: {exc}", exc)
+        if self.errors:
+            self.error = WriterError("; ".join(self.errors))
+            raise self.error
+
+    # -- legacy API ---------------------------------------------------------------
+    def finalize_metadata(self) -> str:
+        """(Re)write `<filename>_frame_metadata.json` from `frame_metadatas`."""
+        path = sidecar_path(self._filename)
+        data = json.dumps(self.frame_metadatas, cls=CustomJSONEncoder).encode()
+        atomic_write(path, data)
+        return path
+
+    @contextmanager
+    def attach(self, core: Any) -> Iterator[CustomWriter]:
+        """Connect to the acquisition thread itself, for the duration of a `with`.
+
+        `with writer.attach(core): core.mda.run(seq)` skips pymmcore-plus's
+        relay thread, which otherwise halves the throughput.
+        """
+        events = getattr(getattr(core, "mda", core), "events", core)
+        names = (
+            "sequenceStarted",
+            "frameReady",
+            "sequenceCanceled",
+            "sequenceFinished",
+        )
+        for name in names:
+            getattr(events, name).connect(getattr(self, name))
+        try:
+            yield self
+        finally:
+            for name in names:
+                getattr(events, name).disconnect(getattr(self, name))
+
+    def close(self) -> None:
+        """Stop the writer processes this writer started."""
+        for stream in list(self._streams.values()):
+            try:
+                stream.close("canceled", check=False)
+            except Exception as exc:
+                self._record(f"closing {stream.spec.path}: {exc}", exc)
+        self._streams.clear()
+        if self._own_service:
+            self._service.close()
+
+    def __enter__(self) -> CustomWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.frame_metadatas = {}
+        self.reports = {}
+        self.errors = []
+        self.error = None
+        self._canceled = False
+
+    def _open(self, key: str, shape: tuple[int, ...], dtype: Any) -> Stream:
+        n_files = max(1, len(self._expected))
+        ring = max(_MIN_RING_BYTES, self._ring_bytes // n_files)
+        path = self.path_for(key)
+        stream = self._service.open_stream(
+            path,
+            shape=tuple(shape),
+            dtype=dtype,
+            frames=self._expected.get(key),
+            overwrite=self._overwrite,
+            kind="ome-tiff",
+            position_key=key,
+            ring_bytes=ring,
+            policy=self._policy,
+            direct_io=self._direct_io,
+            sequence=self._sequence_json,
+            summary=self._summary,
+        )
+        self._streams[key] = stream
+        return stream
+
+    def _record(self, message: str, exc: BaseException | None) -> None:
+        self.errors.append(message)
+
+    def _load_sidecars(self) -> dict[str, list[dict[str, Any]]]:
+        result: dict[str, list[dict[str, Any]]] = {}
+        for report in self.reports.values():
+            if report.sidecar and os.path.exists(report.sidecar):
+                with open(report.sidecar, "rb") as fh:
+                    result.update(json.load(fh))
+        return result
+
+
+def _plain_json(obj: Any) -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    try:
+        data = obj.model_dump(mode="json")
+        return data if isinstance(data, dict) else None
+    except Exception:
+        return None
+
+
+def _summary_json(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The summary metadata as plain JSON (without the sequence, sent apart)."""
+    if not meta:
+        return None
+    try:
+        data = msgspec.to_builtins(
+            {k: v for k, v in meta.items() if k != "mda_sequence"}, enc_hook=_plain
+        )
+        return data if isinstance(data, dict) else None
+    except Exception:
+        return None
+
+
+def _positions(seq: Any) -> tuple[list[str], dict[str, int | None]]:
+    """File keys of the sequence's positions and the frames each will get."""
+    from mesowriter._ome import file_key_for_event
+
+    positions = list(getattr(seq, "stage_positions", ()) or ())
+    keys = [
+        file_key_for_event({"p": i}, getattr(p, "name", None))
+        for i, p in enumerate(positions)
+    ]
+    if not keys:
+        keys = ["p0"]
+    sizes = {k: v for k, v in dict(getattr(seq, "sizes", {})).items() if v}
+    total = math.prod(sizes.values()) if sizes else 1
+    expected: dict[str, int | None] = dict.fromkeys(keys, None)
+    if total <= _COUNT_EVENTS_UP_TO:
+        counts: dict[str, int] = dict.fromkeys(keys, 0)
+        for event in seq:
+            key = file_key_for_event(dict(event.index), event.pos_name)
+            counts[key] = counts.get(key, 0) + 1
+        return list(counts), dict(counts)
+    simple = all(getattr(p, "sequence", None) is None for p in positions)
+    if simple:
+        per = total // max(1, sizes.get("p", 1))
+        expected = dict.fromkeys(keys, per)
+    return keys, expected

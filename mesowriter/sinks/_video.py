@@ -1,0 +1,239 @@
+"""The video sink: a worker encodes ring frames into one .mp4/.avi/.mkv/.mov.
+
+Encoding goes through OpenCV's FFmpeg `VideoWriter`, which takes only 8-bit
+gray or BGR frames (or 16-bit gray for lossless FFV1), so each frame is
+tone-mapped with one fixed mapping per file (see `mesowriter.video`).
+
+A video cannot be resumed: containers are finalised only at close (an
+unfinalised .mp4 has no index and is unreadable) and OpenCV cannot append,
+so a replacement worker gets `VideoResumeError` rather than a file that
+silently starts over or misses frames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mesowriter._spec import StreamSpec, VideoOptions
+from mesowriter.sinks._base import FrameBatch, Sink
+from mesowriter.video import (
+    CodecChoice,
+    VideoEncodeError,
+    check_video_request,
+    configure_opencv_codec,
+    container_of,
+    resolve_codec,
+)
+from mesowriter.video._codecs import open_writer
+
+
+class VideoResumeError(RuntimeError):
+    """A video stream cannot be continued by a replacement worker."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    height: int
+    width: int
+    channels: int  # 1 (gray), 3 (RGB) or 4 (BGRA), as the camera delivers
+    depth16: bool  # lossless 16-bit gray, written without tone mapping
+
+
+def _layout(spec: StreamSpec, opts: VideoOptions) -> _Layout:
+    """Validate frame shape/dtype against the options; explain any refusal."""
+    shape, dtype = tuple(spec.shape), np.dtype(spec.dtype)
+    if len(shape) == 2:
+        channels = 1
+    elif len(shape) == 3 and shape[2] in (3, 4):
+        channels = shape[2]
+    else:
+        raise ValueError(
+            f"video frames must be (h, w) gray or (h, w, 3|4) colour, got {shape}"
+        )
+    if channels > 1 and not opts.is_color:
+        raise ValueError(
+            f"frames of shape {shape} are colour: set VideoOptions(is_color=True)"
+        )
+    if dtype.name not in ("uint8", "int8", "uint16", "int16", "int32", "float32"):
+        raise ValueError(f"cannot write {dtype} frames to video")
+    depth16 = False
+    if opts.lossless:
+        if dtype.name not in ("uint8", "uint16"):
+            raise ValueError(f"lossless video takes uint8 or uint16, not {dtype}")
+        if dtype == np.uint16 and channels > 1:
+            raise ValueError("lossless 16-bit video is grayscale only")
+        if opts.display_range is not None or opts.per_frame_normalize:
+            raise ValueError("lossless video stores raw values: drop display_range")
+        depth16 = dtype == np.uint16
+    if opts.fps <= 0:
+        raise ValueError(f"fps must be positive, got {opts.fps}")
+    return _Layout(int(shape[0]), int(shape[1]), channels, depth16)
+
+
+class VideoSink(Sink):
+    """Writes one stream to a video file through OpenCV."""
+
+    kind: ClassVar[str] = "video"
+    slot_prefix: ClassVar[int] = 0
+
+    def __init__(self, spec: StreamSpec) -> None:
+        super().__init__(spec)
+        self.opts = spec.video or VideoOptions()
+        self.layout = _layout(spec, self.opts)
+        self.choice: CodecChoice | None = None
+        self.frames_encoded = 0
+        self._writer: Any = None
+        self._opened = False  # the file is ours to measure
+        self._tone: Any = None  # ToneMap, or None for 16-bit lossless
+
+    @classmethod
+    def check(cls, spec: StreamSpec) -> None:
+        opts = spec.video or VideoOptions()
+        check_video_request(spec.path, opts.fourcc, opts.lossless)
+        _layout(spec, opts)
+
+    def open(self, resume_from: int = 0) -> None:
+        if resume_from:
+            raise VideoResumeError(
+                f"cannot resume {self.spec.path!r} at frame {resume_from}: video "
+                "containers cannot be appended to; the stream ends here"
+            )
+        from mesowriter.video._tonemap import ToneMap
+
+        configure_opencv_codec()
+        path, lay, opts = self.spec.path, self.layout, self.opts
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(f"folder for {path!r} does not exist")
+        if os.path.exists(path) and not self.spec.overwrite:
+            raise FileExistsError(f"{path!r} exists and overwrite is False")
+        size = (lay.width, lay.height)
+        color = opts.is_color
+        self.choice = resolve_codec(
+            path, opts.fourcc, is_color=color, depth16=lay.depth16, size=size
+        )
+        if not lay.depth16:
+            lossless = opts.lossless  # 8-bit lossless: identity, whatever the depth
+            self._tone = ToneMap(
+                self.spec.dtype,
+                bit_depth=None if lossless else opts.bit_depth,
+                display_range=opts.display_range,
+                per_frame_normalize=opts.per_frame_normalize,
+            )
+        writer = open_writer(
+            path,
+            self.choice.used,
+            opts.fps,
+            size,
+            is_color=self.choice.is_color,
+            depth16=lay.depth16,
+        )
+        if not writer.isOpened():  # type: ignore[attr-defined]
+            raise VideoEncodeError(
+                f"OpenCV could not open {path!r} with {self.choice.used!r}"
+            )
+        self._writer = writer
+        self._opened = True
+
+    def _prepare(self, pixels: np.ndarray) -> np.ndarray:
+        """The frame exactly as the writer must receive it."""
+        from mesowriter.video._tonemap import to_bgr
+
+        lay = self.layout
+        if lay.depth16:
+            out = pixels
+            want: tuple[tuple[int, ...], np.dtype] = (
+                (lay.height, lay.width),
+                np.dtype(np.uint16),
+            )
+        else:
+            out = self._tone(pixels)
+            if lay.channels > 1 or (self.choice is not None and self.choice.is_color):
+                out = to_bgr(out)
+            want = (
+                (lay.height, lay.width, 3)
+                if self.choice is not None and self.choice.is_color
+                else (lay.height, lay.width),
+                np.dtype(np.uint8),
+            )
+        # A mismatched frame can abort the whole process inside libavcodec.
+        if (out.shape, out.dtype) != want:
+            raise VideoEncodeError(
+                f"internal: prepared frame {out.shape} {out.dtype}, writer wants "
+                f"{want[0]} {want[1]}"
+            )
+        return out
+
+    def write(self, batch: FrameBatch) -> int:
+        """Encode each frame; return the input bytes consumed.
+
+        The encoded size is only known at close (`file_bytes` in the report).
+        """
+        import cv2
+
+        if self._writer is None:
+            raise VideoEncodeError("write() before open() or after close()")
+        nbytes = 0
+        for frame in batch.frames:
+            pixels = frame.pixels
+            if pixels.shape != tuple(self.spec.shape) or pixels.dtype != np.dtype(
+                self.spec.dtype
+            ):
+                from mesowriter._errors import FrameRejected
+
+                raise FrameRejected(
+                    f"frame {frame.index}: {pixels.shape} {pixels.dtype}, stream "
+                    f"is {tuple(self.spec.shape)} {self.spec.dtype}"
+                )
+            if frame.index != self.frames_encoded:
+                raise VideoEncodeError(
+                    f"frame {frame.index} arrived, expected {self.frames_encoded}: "
+                    "a video cannot have gaps"
+                )
+            out = self._prepare(pixels)
+            try:
+                ok = self._writer.write(out)
+            except cv2.error as exc:
+                raise VideoEncodeError(
+                    f"encoder failed on frame {frame.index}"
+                ) from exc
+            if ok is False:  # cv2 5 reports per-frame failure
+                raise VideoEncodeError(f"encoder refused frame {frame.index}")
+            self.frames_encoded += 1
+            nbytes += pixels.nbytes
+        return nbytes
+
+    def flush(self, force: bool = False) -> None:
+        """Nothing to do: OpenCV cannot flush a container mid-stream.
+
+        .mkv/.avi stay readable up to roughly the last frames written if the
+        worker dies; .mp4/.mov are unreadable until closed.
+        """
+
+    def close(
+        self, reason: str, records: Iterator[tuple[int, bytes]] | None = None
+    ) -> dict[str, Any]:
+        """Finalise the container and report what was really encoded."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        path, choice = self.spec.path, self.choice
+        return {
+            "codec": choice.used if choice else None,
+            "requested_fourcc": self.opts.fourcc,
+            "fell_back": choice.fell_back if choice else False,
+            "fallback_reason": choice.reason if choice else None,
+            "container": container_of(path),
+            "fps": self.opts.fps,
+            "frames_encoded": self.frames_encoded,
+            "file_bytes": os.path.getsize(path) if self._opened else 0,
+            "tone_map": "none (16-bit lossless)"
+            if self.layout.depth16
+            else (self._tone.description if self._tone else None),
+            "lossless": self.opts.lossless,
+            "close_reason": reason,
+        }

@@ -1,0 +1,117 @@
+"""Finding a user-supplied OpenH264 library and quieting OpenCV's logging.
+
+We never ship OpenH264 (Cisco's binary licence covers only their own
+downloads), so the user drops it in `external/video-codecs/` or names it with
+`MESOWRITER_OPENH264_LIBRARY`. Which OpenCV builds can use it:
+
+* Windows opencv-python: its FFmpeg loads `openh264-1.8.0-win64.dll` at run
+  time, found via `OPENH264_LIBRARY` (a full path) or the DLL search path.
+* Linux/macOS: only an OpenCV whose FFmpeg was built with libopenh264 (e.g.
+  some conda or distribution builds); the Linux pip wheels have no H.264
+  encoder at all, whatever is installed.
+
+The dynamic loader reads `LD_LIBRARY_PATH`/`DYLD_LIBRARY_PATH` only when a
+process starts, so changing them here helps processes spawned *afterwards*
+(the writer workers), not the calling one: call `configure_opencv_codec()` in
+the parent before starting workers, and again in each worker (it is cheap and
+idempotent) for `OPENH264_LIBRARY` and the log levels.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+ENV_LIBRARY = "MESOWRITER_OPENH264_LIBRARY"  # a file, or a folder holding it
+ENV_CODECS_DIR = "MESOWRITER_VIDEO_CODECS_DIR"
+
+# The exact names OpenCV's own FFmpeg wrappers ask for come first.
+_PREFERRED = {
+    "win32": "openh264-1.8.0-win64.dll",
+    "darwin": "libopenh264-1.8.0-osx64.4.dylib",
+}
+_PATTERNS = {"win32": "openh264*.dll", "darwin": "libopenh264*.dylib"}
+_LINUX_PATTERN = "libopenh264*.so*"
+
+_dll_handles: dict[str, Any] = {}  # keeps os.add_dll_directory entries alive
+
+
+def default_codecs_dir() -> Path:
+    """`external/video-codecs/` of the repository this package lives in."""
+    return Path(__file__).resolve().parents[2] / "external" / "video-codecs"
+
+
+def _find_in(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    preferred = _PREFERRED.get(sys.platform)
+    if preferred and (folder / preferred).is_file():
+        return folder / preferred
+    hits = sorted(p for p in folder.glob(_PATTERNS.get(sys.platform, _LINUX_PATTERN)))
+    hits = [p for p in hits if p.is_file()]
+    return hits[-1] if hits else None
+
+
+def find_openh264() -> Path | None:
+    """The OpenH264 library named by the environment or the codecs folder."""
+    named = os.environ.get(ENV_LIBRARY)
+    if named:
+        p = Path(named).expanduser()
+        found = p if p.is_file() else _find_in(p)
+        if found is None:
+            warnings.warn(
+                f"{ENV_LIBRARY}={named!r} names no OpenH264 library; "
+                "H.264 requests will fall back",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return found.resolve() if found else None
+    for folder in (os.environ.get(ENV_CODECS_DIR), default_codecs_dir()):
+        if folder and (found := _find_in(Path(folder).expanduser())) is not None:
+            return found.resolve()
+    return None
+
+
+def _prepend_env_path(var: str, folder: str) -> None:
+    parts = [p for p in os.environ.get(var, "").split(os.pathsep) if p]
+    if folder not in parts:
+        os.environ[var] = os.pathsep.join([folder, *parts])
+
+
+def _quiet_logging() -> None:
+    # Env vars reach cv2 imported later and every spawned worker; a user's
+    # own setting wins. FFmpeg's level is read when its backend first starts.
+    user_set = "OPENCV_LOG_LEVEL" in os.environ
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and not user_set:
+        logging = getattr(getattr(cv2, "utils", None), "logging", None)
+        if logging is not None:
+            logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+
+
+def configure_opencv_codec() -> str | None:
+    """Quiet OpenCV/FFmpeg logs and expose OpenH264 if the user supplied it.
+
+    Returns the library path found, or None. Safe to call repeatedly: paths
+    are added to search variables only once.
+    """
+    _quiet_logging()
+    lib = find_openh264()
+    if lib is None:
+        return None
+    folder = str(lib.parent)
+    if sys.platform == "win32":
+        _prepend_env_path("PATH", folder)
+        if folder not in _dll_handles:
+            _dll_handles[folder] = os.add_dll_directory(folder)
+    elif sys.platform == "darwin":
+        _prepend_env_path("DYLD_LIBRARY_PATH", folder)
+    else:
+        _prepend_env_path("LD_LIBRARY_PATH", folder)
+    os.environ.setdefault("OPENH264_LIBRARY", str(lib))
+    return str(lib)

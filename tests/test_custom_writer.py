@@ -1,0 +1,151 @@
+"""CustomWriter with Micro-Manager's DemoCamera through pymmcore-plus."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import useq
+
+from mesowriter import CustomJSONEncoder, CustomWriter, WriterError
+
+
+class Recorder:
+    """Keeps what pymmcore-plus delivered, to compare the files against."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[np.ndarray, Any, dict[str, Any]]] = []
+
+    def frameReady(self, img: np.ndarray, event: Any, meta: dict[str, Any]) -> None:
+        self.frames.append((img.copy(), event, meta))
+
+    def as_sidecar_items(self, key: str | None = None) -> list[Any]:
+        items = []
+        for _, event, meta in self.frames:
+            if key is None or (event.pos_name or f"p{event.index.get('p', 0)}") == key:
+                items.append(json.loads(json.dumps(meta, cls=CustomJSONEncoder)))
+        return items
+
+
+def _series(path: str | Path) -> tuple[str, tuple[int, ...], np.ndarray]:
+    with tifffile.TiffFile(path) as tf:
+        assert tf.is_ome and tf.is_bigtiff
+        s = tf.series[0]
+        return s.axes, s.shape, s.asarray()
+
+
+@pytest.mark.parametrize("mode", ["relay", "acquisition-thread"])
+def test_single_position_burst_matches_camera(core: Any, tmp_path: Path, mode: str) -> None:
+    recorder = Recorder()
+    core.mda.events.frameReady.connect(recorder.frameReady)
+    path = tmp_path / "burst.ome.tiff"
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 40})
+    with CustomWriter(path, ring_bytes=64 << 20) as writer:
+        if mode == "relay":
+            core.mda.run(seq, output=writer)
+        else:
+            with writer.attach(core):
+                core.mda.run(seq)
+    report = writer.reports["p0"]
+    assert report.finish_reason == "completed" and report.frames_written == 40
+    axes, shape, data = _series(path)
+    assert shape == (40, 192, 256) and data.dtype == np.uint16
+    for i, (img, _, _) in enumerate(recorder.frames):
+        np.testing.assert_array_equal(data[i], img)
+    sidecar = json.loads(Path(f"{path}_frame_metadata.json").read_text())
+    assert list(sidecar) == ["p0"]
+    assert sidecar["p0"] == recorder.as_sidecar_items()
+    assert writer.frame_metadatas == sidecar
+    first = sidecar["p0"][0]
+    assert first["mda_event"]["index"] == {"t": 0}  # plain fields, not null
+    assert "sequence" not in first["mda_event"]
+    assert "TimeReceivedByCore" in first["camera_metadata"]
+
+
+def test_positions_channels_and_z_one_file_per_position(core: Any, tmp_path: Path) -> None:
+    recorder = Recorder()
+    core.mda.events.frameReady.connect(recorder.frameReady)
+    seq = useq.MDASequence(
+        stage_positions=[(0, 0, 0), (10, 10, 0), useq.Position(x=5, y=5, z=0, name="cell")],
+        channels=["DAPI", "FITC"],
+        z_plan={"range": 2, "step": 1},
+        time_plan={"interval": 0, "loops": 2},
+        axis_order="tpcz",
+    )
+    path = tmp_path / "multi.ome.tif"
+    with CustomWriter(path, ring_bytes=64 << 20) as writer:
+        core.mda.run(seq, output=writer)
+    keys = ["p0", "p1", "cell"]
+    assert sorted(writer.reports) == sorted(keys)
+    for key in keys:
+        file = tmp_path / f"multi_{key}.ome.tif"
+        axes, shape, data = _series(file)
+        assert axes == "TCZYX" and shape == (2, 2, 3, 192, 256)
+        ours = [f for f in recorder.frames if (f[1].pos_name or f"p{f[1].index['p']}") == key]
+        flat = data.reshape(-1, 192, 256)
+        for k, (img, event, _) in enumerate(ours):
+            t, c, z = event.index["t"], event.index["c"], event.index["z"]
+            assert k == (t * 2 + c) * 3 + z
+            np.testing.assert_array_equal(flat[k], img)
+        side = json.loads(Path(f"{file}_frame_metadata.json").read_text())
+        assert side == {key: recorder.as_sidecar_items(key)}
+    combined = json.loads(Path(f"{path}_frame_metadata.json").read_text())
+    assert sorted(combined) == sorted(keys)
+    assert combined == writer.frame_metadatas
+    assert sum(len(v) for v in combined.values()) == len(recorder.frames) == 36
+
+
+def test_errors_surface_at_sequence_finished(core: Any, tmp_path: Path) -> None:
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 3})
+    writer = CustomWriter(tmp_path / "bad.ome.tiff", ring_bytes=64 << 20)
+    try:
+        meta = {"image_infos": [{"plane_shape": (4, 4), "dtype": "uint16"}]}
+        writer.sequenceStarted(seq, meta)
+        events = list(seq)
+        writer.frameReady(np.ones((4, 4), np.uint16), events[0], {"n": 0})
+        writer.frameReady(np.ones((5, 4), np.uint16), events[1], {"n": 1})  # no raise
+        writer.frameReady(np.full((4, 4), 2, np.uint16), events[2], {"n": 2})
+        with pytest.raises(WriterError, match="1 frame"):
+            writer.sequenceFinished(seq)
+    finally:
+        writer.close()
+    report = writer.reports["p0"]
+    assert report.drops["rejected"] == [1] and report.frames_written == 2
+    assert writer.frame_metadatas == {"p0": [{"n": 0}, {"n": 2}]}
+
+
+def test_bad_filenames_fail_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="OME-TIFF"):
+        CustomWriter(tmp_path / "run.zarr")
+    (tmp_path / "taken.ome.tiff").write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        CustomWriter(tmp_path / "taken.ome.tiff")
+
+
+def test_custom_json_encoder_handles_acquisition_types() -> None:
+    event = useq.MDAEvent(index={"t": 3, "c": 1}, channel={"config": "DAPI"}, x_pos=1.5)
+    data = {
+        "u16": np.uint16(7),
+        "f32": np.float32(0.5),
+        "arr": np.arange(4).reshape(2, 2),
+        "path": Path("/data/run 1"),
+        "when": dt.datetime(2026, 11, 24, 10, 2, 53),
+        "event": event,
+        "set": {3, 1},
+    }
+    decoded = json.loads(json.dumps(data, cls=CustomJSONEncoder))
+    assert decoded["u16"] == 7 and decoded["f32"] == 0.5
+    assert decoded["arr"] == [[0, 1], [2, 3]]
+    assert decoded["path"] == "/data/run 1"
+    assert decoded["when"] == "2026-11-24T10:02:53"
+    assert decoded["event"]["index"] == {"t": 3, "c": 1}
+    assert decoded["event"]["channel"]["config"] == "DAPI"
+    assert decoded["event"]["x_pos"] == 1.5 and "sequence" not in decoded["event"]
+    assert decoded["set"] == [1, 3]
+    with pytest.raises(TypeError):
+        json.dumps({"x": object()}, cls=CustomJSONEncoder)
