@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesowriter._errors import FrameRejected, WriterError
 from mesowriter._metadata import CustomJSONEncoder
+from mesowriter._recover import RecoverError, RecoverResult, recover
 from mesowriter._report import StreamReport
 from mesowriter._service import WriterService
 from mesowriter._spec import VideoOptions
@@ -27,12 +28,15 @@ __all__ = [
     "CustomJSONEncoder",
     "CustomWriter",
     "FrameRejected",
+    "RecoverError",
+    "RecoverResult",
     "Stream",
     "StreamReport",
     "VideoOptions",
     "WriterError",
     "WriterService",
     "configure_opencv_codec",
+    "recover",
 ]
 
 

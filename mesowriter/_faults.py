@@ -9,6 +9,9 @@ normal use never reaches this code. Faults are written as
                              (default ENOSPC, "No space left on device")
     die-after:N              the worker kills itself (SIGKILL) once N frames
                              are written and journalled
+    die-unjournalled:N       the same, but after the write that passes N
+                             frames and before its journal lines: frames on
+                             disk and linked, yet never confirmed
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ class Faults:
     fail_after: int | None = None
     fail_errno: int = errno.ENOSPC
     die_after: int | None = None
+    die_unjournalled: int | None = None
 
     @classmethod
-    def parse(cls, text: str | None) -> Faults:
+    def parse(cls, text: str | None, *, resumed: bool = False) -> Faults:
+        """`resumed`: a replacement worker, which must not die again."""
         faults = cls()
         for part in filter(None, (text or "").split(",")):
             kind, *args = part.split(":")
@@ -40,6 +45,8 @@ class Faults:
                     faults.fail_errno = int(args[1])
             elif kind == "die-after":
                 faults.die_after = int(args[0])
+            elif kind == "die-unjournalled":
+                faults.die_unjournalled = None if resumed else int(args[0])
             else:
                 raise ValueError(f"unknown fault {kind!r}")
         return faults
@@ -51,7 +58,17 @@ class Faults:
         if self.fail_after is not None and written + count > self.fail_after:
             raise OSError(self.fail_errno, os.strerror(self.fail_errno))
 
+    def after_write(self, before: int, written: int) -> None:
+        """Die between a write and its journal lines, once, at the mark."""
+        mark = self.die_unjournalled
+        if mark is not None and before < mark <= written:
+            _die()
+
     def after_commit(self, before: int, written: int) -> None:
         """Die when this commit crosses the mark (a replacement never does)."""
         if self.die_after is not None and before < self.die_after <= written:
-            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+            _die()
+
+
+def _die() -> None:
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))

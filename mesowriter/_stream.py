@@ -241,9 +241,8 @@ class Stream:
                     self.worker.send(self._close_msg)
                 self._closed.wait()
                 self._report = self._build_report(reason)
-                self._ring.close()
-                self._ring.unlink()
                 self._service._forget(self)
+                self._service._release_ring(self._ring)
                 try:
                     atomic_write(report_path(self.spec.path), self._report.to_json())
                 except OSError as exc:

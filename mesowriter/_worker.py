@@ -45,7 +45,7 @@ class StreamRunner:
 
     def __init__(self, spec: StreamSpec, layout: RingLayout, resume: bool) -> None:
         self.spec = spec
-        self.faults = Faults.parse(spec.fault)
+        self.faults = Faults.parse(spec.fault, resumed=resume)
         self.sink = sink_class(spec.kind)(spec)
         self.error: m.RemoteError | None = None
         self.secondary_errors: list[str] = []
@@ -61,6 +61,9 @@ class StreamRunner:
                 self.sink.open(resume_from=self.resumed_from)
             else:
                 self._reopen_fresh()
+        elif resume:  # the first worker died before its journal existed
+            self._reopen_fresh()
+            self.journal = Journal.create(jpath, spec)
         else:
             self.sink.open(0)
             self.journal = Journal.create(jpath, spec)
@@ -106,6 +109,7 @@ class StreamRunner:
         t0 = time.perf_counter()
         nbytes = self.sink.write(batch)
         self.write_seconds += time.perf_counter() - t0
+        self.faults.after_write(self.next, self.next + count)
         self.journal.append(
             [(f.index, first + j, f.metadata) for j, f in enumerate(frames)]
         )
@@ -170,8 +174,11 @@ class StreamRunner:
             "error": msgspec.to_builtins(self.error) if self.error else None,
             "secondary_errors": self.secondary_errors,
         }
-        self.ring.close()
         return self.report
+
+    def release(self) -> None:
+        """Unmap the ring (after the parent has its report: unmapping is slow)."""
+        self.ring.close()
 
 
 class Worker:
@@ -267,9 +274,12 @@ class Worker:
             self._answer_want(sid)
         for sid in [s for s in self.closing if self._close_ready(s)]:
             close = self.closing.pop(sid)
-            runner = self.streams.pop(sid)
-            report = runner.close(close.reason, close.published)
+            closing = self.streams.pop(sid, None)
+            if closing is None:  # never opened here (a resume that failed)
+                continue
+            report = closing.close(close.reason, close.published)
             self.send(m.StreamClosed(sid, report))
+            closing.release()
 
     def _close_ready(self, sid: int) -> bool:
         runner = self.streams.get(sid)
@@ -280,6 +290,7 @@ class Worker:
         for sid, runner in list(self.streams.items()):
             with suppress(Exception):
                 self.send(m.StreamClosed(sid, runner.close(reason)))
+                runner.release()
         self.streams.clear()
 
     def _orphaned(self) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -13,7 +17,15 @@ import msgspec
 def _demo(args: argparse.Namespace) -> int:
     from mesowriter._demo import run_demo
 
-    reports, elapsed = run_demo(args.out, frames=args.frames, size=args.size)
+    if args.json:
+        reports, elapsed = run_demo(args.out, frames=args.frames, size=args.size)
+    else:
+        from mesowriter._live import LiveProgress
+
+        with LiveProgress("mesowriter demo") as live:
+            reports, elapsed = run_demo(
+                args.out, frames=args.frames, size=args.size, on_progress=live.update
+            )
     dropped = 0
     for r in reports:
         dropped += r.frames_dropped
@@ -37,9 +49,106 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # benchmarks/ lives beside the package, not in it
+        sys.path.insert(0, root)
     from benchmarks.suite import main as bench_main
 
     return int(bench_main(args.rest))
+
+
+def _stress(args: argparse.Namespace) -> int:
+    """Run the chosen scenarios; exit 1 if a frame was dropped or memory grew."""
+    import shutil
+
+    from mesowriter import stress
+
+    scenarios = (
+        ["soak", "multi", "burst"] if args.scenario == "all" else [args.scenario]
+    )
+    parent = Path(args.dir) if args.dir else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="mesowriter-stress-", dir=parent))
+    results: dict[str, Any] = {}
+    try:
+        for name in scenarios:
+            kwargs: dict[str, Any] = {"size": args.size}
+            if name == "soak":
+                kwargs.update(minutes=args.minutes, fps=args.fps)
+            elif name == "multi":
+                kwargs = {"seconds": args.seconds, "scale": args.size / 2048}
+            else:
+                kwargs["ring_mib"] = max(32, int(1024 * (args.size / 2048) ** 2))
+            run = getattr(stress, name)
+            if args.json:
+                results[name] = run(out / name, **kwargs)
+            else:
+                from mesowriter._live import LiveProgress
+
+                with LiveProgress(f"mesowriter stress {name}") as live:
+                    results[name] = run(out / name, on_message=live.update, **kwargs)
+                _print_stress(name, results[name])
+    finally:
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    if args.json:
+        slim = {
+            k: {kk: vv for kk, vv in v.items() if kk != "memory_trace"}
+            for k, v in results.items()
+        }
+        for v in slim.values():
+            for cam in v["cameras"]:
+                cam.pop("series", None)
+        print(json.dumps(slim))
+    return 0 if all(r["ok"] for r in results.values()) else 1
+
+
+def _print_stress(name: str, res: dict[str, Any]) -> None:
+    mem = res["memory"]
+    for cam in res["cameras"]:
+        rep = cam["report"]
+        print(
+            f"{name}/{cam['camera']['name']}: {rep['frames_written']}/"
+            f"{rep['frames_received']} written, {rep['frames_dropped']} dropped, "
+            f"{cam['fps_sent']:.1f} fps, ring high-water {rep['ring_high_water']}/"
+            f"{rep['ring_slots']}"
+        )
+    growth = mem.get("anon_growth_bytes")
+    print(
+        f"{name}: peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB, peak dirty "
+        f"{(mem['peak_dirty_bytes'] or 0) / 2**20:.0f} MiB, anon growth "
+        + ("n/a" if growth is None else f"{growth / 2**20:+.1f} MiB")
+        + f" -> {'OK' if res['ok'] else 'FAILED'}"
+    )
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from mesowriter._recover import RecoverError, recover
+
+    try:
+        result = recover(args.path, overwrite_sidecar=not args.keep_sidecar)
+    except (RecoverError, OSError) as exc:
+        if args.json:
+            print(json.dumps({"path": args.path, "error": str(exc)}))
+        else:
+            print(f"cannot recover: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return 0
+    print(f"data:     {result.path}")
+    print(
+        f"frames:   {result.frames_declared} declared "
+        f"({result.frames_on_disk} linked in the file, "
+        f"{result.frames_in_journal} journalled)"
+    )
+    if result.recovered:
+        print(f"sidecar:  {result.sidecar}")
+        print(f"report:   {result.report}")
+    for note in result.notes:
+        print(f"note:     {note}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +163,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suite")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
+    rec = sub.add_parser(
+        "recover", help="finalise an OME-TIFF left by a dead acquisition"
+    )
+    rec.add_argument("path", help="the data file (its journal lies beside it)")
+    rec.add_argument(
+        "--keep-sidecar",
+        action="store_true",
+        help="do not replace an existing sidecar",
+    )
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=_recover)
+    st = sub.add_parser("stress", help="soak, multi-camera and burst runs")
+    st.add_argument(
+        "scenario", nargs="?", default="all", choices=["all", "soak", "multi", "burst"]
+    )
+    st.add_argument("--minutes", type=float, default=10.0, help="soak length")
+    st.add_argument("--fps", type=float, default=100.0, help="soak frame rate")
+    st.add_argument("--seconds", type=float, default=60.0, help="multi length")
+    st.add_argument("--size", type=int, default=2048, help="frame edge")
+    st.add_argument("--dir", default=None, help="where files go (on the disk)")
+    st.add_argument("--keep", action="store_true", help="keep the files")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_stress)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the suite parses its own options (--quick, ...)
+        return _bench(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -40,7 +40,9 @@ def _series(path: str | Path) -> tuple[str, tuple[int, ...], np.ndarray]:
 
 
 @pytest.mark.parametrize("mode", ["relay", "acquisition-thread"])
-def test_single_position_burst_matches_camera(core: Any, tmp_path: Path, mode: str) -> None:
+def test_single_position_burst_matches_camera(
+    core: Any, tmp_path: Path, mode: str
+) -> None:
     recorder = Recorder()
     core.mda.events.frameReady.connect(recorder.frameReady)
     path = tmp_path / "burst.ome.tiff"
@@ -54,6 +56,7 @@ def test_single_position_burst_matches_camera(core: Any, tmp_path: Path, mode: s
     report = writer.reports["p0"]
     assert report.finish_reason == "completed" and report.frames_written == 40
     axes, shape, data = _series(path)
+    assert axes == "TYX"
     assert shape == (40, 192, 256) and data.dtype == np.uint16
     for i, (img, _, _) in enumerate(recorder.frames):
         np.testing.assert_array_equal(data[i], img)
@@ -67,11 +70,17 @@ def test_single_position_burst_matches_camera(core: Any, tmp_path: Path, mode: s
     assert "TimeReceivedByCore" in first["camera_metadata"]
 
 
-def test_positions_channels_and_z_one_file_per_position(core: Any, tmp_path: Path) -> None:
+def test_positions_channels_and_z_one_file_per_position(
+    core: Any, tmp_path: Path
+) -> None:
     recorder = Recorder()
     core.mda.events.frameReady.connect(recorder.frameReady)
     seq = useq.MDASequence(
-        stage_positions=[(0, 0, 0), (10, 10, 0), useq.Position(x=5, y=5, z=0, name="cell")],
+        stage_positions=[
+            (0, 0, 0),
+            (10, 10, 0),
+            useq.Position(x=5, y=5, z=0, name="cell"),
+        ],
         channels=["DAPI", "FITC"],
         z_plan={"range": 2, "step": 1},
         time_plan={"interval": 0, "loops": 2},
@@ -86,7 +95,11 @@ def test_positions_channels_and_z_one_file_per_position(core: Any, tmp_path: Pat
         file = tmp_path / f"multi_{key}.ome.tif"
         axes, shape, data = _series(file)
         assert axes == "TCZYX" and shape == (2, 2, 3, 192, 256)
-        ours = [f for f in recorder.frames if (f[1].pos_name or f"p{f[1].index['p']}") == key]
+        ours = [
+            f
+            for f in recorder.frames
+            if (f[1].pos_name or f"p{f[1].index['p']}") == key
+        ]
         flat = data.reshape(-1, 192, 256)
         for k, (img, event, _) in enumerate(ours):
             t, c, z = event.index["t"], event.index["c"], event.index["z"]

@@ -90,7 +90,7 @@ class AlignedFile:
     def _write_all(fd: int, view: memoryview, offset: int) -> None:
         done = 0
         while done < len(view):
-            n = os.pwrite(fd, view[done:], offset + done)
+            n = _pwrite(fd, view[done:], offset + done)
             if n <= 0:
                 raise OSError(errno.EIO, "write returned no progress")
             done += n
@@ -135,3 +135,11 @@ class AlignedFile:
             if fd >= 0:
                 setattr(self, name, -1)
                 os.close(fd)
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    """os.pwrite where it exists; seek + write elsewhere (one writer per fd)."""
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - Windows
+    return os.write(fd, data)  # pragma: no cover - Windows
