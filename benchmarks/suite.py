@@ -132,13 +132,17 @@ def bench_paced_cost(
         "write_cost_p99_s",
         "write_cost_max_s",
         "bare_memcpy_s",
+        "bare_memcpy_ring_s",
         "fps_sent",
     )
     out = {k: res[k] for k in keys}
     out["blocked_seconds"] = res["report"]["blocked_seconds"]
     out["frames_dropped"] = res["report"]["frames_dropped"]
-    out["ratio_mean"] = res["write_cost_mean_s"] / res["bare_memcpy_s"]
-    out["ratio_median"] = res["write_cost_median_s"] / res["bare_memcpy_s"]
+    # Target ratio: against the same copy into ring-sized memory (what any
+    # ring pays); the ratio to one cache-warm buffer is kept alongside.
+    out["ratio_mean"] = res["write_cost_mean_s"] / res["bare_memcpy_ring_s"]
+    out["ratio_median"] = res["write_cost_median_s"] / res["bare_memcpy_ring_s"]
+    out["ratio_mean_warm_buffer"] = res["write_cost_mean_s"] / res["bare_memcpy_s"]
     return out
 
 
@@ -173,53 +177,14 @@ def bench_peers(
 
 
 # -- (e) video ---------------------------------------------------------------------
-def bench_video(scratch: Path, size: int, frames: int) -> dict[str, Any]:
-    """mp4v encoder in-process vs 1 and N WriterService video streams."""
-    from benchmarks.video_encode import camera_frames, measure_encoder_fps
-    from mesowriter import VideoOptions, WriterService
+def bench_video(size: int, frames: int) -> dict[str, Any]:
+    """Each working codec: encoder in-process vs 1, 2, N writer processes."""
+    from benchmarks.video_bench import format_rows, run_video_bench
 
-    inproc = measure_encoder_fps([("mp4v", ".mp4")], size, frames)[0]
-    src = camera_frames(size)
-    rows = []
-    for n in sorted({1, 2, max(2, os.cpu_count() or 1)}):
-        with WriterService(ring_bytes=64 * MIB, workers=n, handle_signals=False) as svc:
-            streams = [
-                svc.open_stream(
-                    scratch / f"video{k}.mp4",
-                    shape=(size, size),
-                    dtype="uint16",
-                    frames=frames,
-                    overwrite=True,
-                    video=VideoOptions(fourcc="mp4v", bit_depth=12),
-                )
-                for k in range(n)
-            ]
-            t0 = time.perf_counter()
-            for i in range(frames):
-                for s in streams:
-                    s.write(src[i % len(src)])
-            reports = [s.close(check=False) for s in streams]
-            secs = time.perf_counter() - t0
-        for r in reports:
-            for suffix in ("", "_report.json", "_frame_metadata.json"):
-                Path(r.path + suffix).unlink(missing_ok=True)
-        written = sum(r.frames_written for r in reports)
-        rows.append(
-            {
-                "streams": n,
-                "frames_total": written,
-                "seconds": secs,
-                "fps_total": written / secs,
-                "fps_per_stream": written / secs / n,
-                "errors": [r.error for r in reports if r.error],
-            }
-        )
-    return {
-        "size": size,
-        "frames": frames,
-        "encoder_in_process": inproc,
-        "streams": rows,
-    }
+    sizes = sorted({(size, size), (512, 512)}, reverse=True)
+    rows = run_video_bench(sizes=sizes, frames=frames)
+    _log(format_rows(rows))
+    return {"frames": frames, "rows": rows}
 
 
 # -- the suite ---------------------------------------------------------------------
@@ -358,7 +323,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             e = _section(
                 "e video",
                 results,
-                lambda: bench_video(scratch, args.video_size, args.video_frames),
+                lambda: bench_video(args.video_size, args.video_frames),
             )
             if e:
                 results["e"] = e
@@ -421,24 +386,32 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (
                 "d acquisition cost",
                 f"write {d['write_cost_mean_s'] * 1e3:.3f} ms (median "
-                f"{d['write_cost_median_s'] * 1e3:.3f}) vs memcpy "
-                f"{d['bare_memcpy_s'] * 1e3:.3f} ms = {d['ratio_mean']:.2f}x",
+                f"{d['write_cost_median_s'] * 1e3:.3f}) vs memcpy into "
+                f"ring-sized memory {d['bare_memcpy_ring_s'] * 1e3:.3f} ms = "
+                f"{d['ratio_mean']:.2f}x (vs one warm buffer "
+                f"{d['bare_memcpy_s'] * 1e3:.3f} ms: "
+                f"{d['ratio_mean_warm_buffer']:.2f}x)",
                 "<= 1.2x",
                 verdict("d", d["ratio_mean"]),
             )
         )
     if "e" in res:
-        e = res["e"]
-        enc = e["encoder_in_process"].get("fps", 0.0)
-        scal = ", ".join(f"{r['streams']}: {r['fps_total']:.0f}" for r in e["streams"])
-        rows.append(
-            (
-                "e video mp4v",
-                f"in-process {enc:.0f} fps; streams -> total fps {scal}",
-                "-",
-                "info",
+        by_key: dict[tuple[str, int, str], list[str]] = {}
+        for r in res["e"]["rows"]:
+            if "error" in r:
+                continue
+            key = (r["codec"], r["bits"], "x".join(str(v) for v in r["size"]))
+            label = "in-process" if r["mode"] == "in-process" else f"{r['streams']}"
+            by_key.setdefault(key, []).append(f"{label}: {r['total_fps']:.0f}")
+        for (codec, bits, size), parts in by_key.items():
+            rows.append(
+                (
+                    f"e video {codec} {bits}-bit {size}",
+                    "fps " + ", ".join(parts) + " (streams: total fps)",
+                    "-",
+                    "info",
+                )
             )
-        )
     if "f" in res and res["f"].get("mesowriter_peak_dirty_bytes") is not None:
         f = res["f"]
         dirty = f["mesowriter_peak_dirty_bytes"] / MIB

@@ -50,6 +50,8 @@ class CloseStream(msgspec.Struct, frozen=True, tag=True):
     stream_id: int
     published: int  # frames the producer published in all
     reason: str
+    # Known only at the end (CV2Writer.finish): merged into the sidecar.
+    extra_metadata: dict[str, Any] | None = None
 
 
 class Shutdown(msgspec.Struct, frozen=True, tag=True):

@@ -596,6 +596,9 @@ def _hypercube(sequence: dict[str, Any], planes: list[_Plane]) -> _Layout | None
     channel_names: list[str | None] = [None] * dim["C"]
     if letters.get("c") == "C":
         channel_names = [names[i] if i < len(names) else None for i in range(dim["C"])]
+    elif dim["C"] == 1:  # one channel (or none): name it when all frames agree
+        used = {pl.channel for pl in planes}
+        channel_names = [used.pop() if len(used) == 1 else None]
     z_step = None
     if letters.get("z") == "Z" and type(plans.get("z_plan")) is dict:
         z_step = _pos_number(plans["z_plan"].get("step"))

@@ -249,6 +249,7 @@ class WriterService:
         )
         sink_cls = sink_class(kind)
         sink_cls.check(spec)
+        spec = sink_cls.prepare(spec)  # e.g. codec choice, warned about here
         with self._lock:
             abs_path = os.path.abspath(os.path.expanduser(raw_path))
             if any(s.spec.path == abs_path for s in self._streams.values()):
@@ -272,11 +273,12 @@ class WriterService:
         _check_memory(layout.total_bytes)
         ring = FrameRing.create(layout)
         try:
-            worker = self._pick_worker()
+            with self._lock:  # pick and claim at once: concurrent opens spread out
+                worker = self._pick_worker()
+                worker.streams.add(spec.stream_id)
             stream = Stream(self, spec, ring, worker, policy or self.policy)
             with self._lock:
                 self._streams[spec.stream_id] = stream
-                worker.streams.add(spec.stream_id)
             worker.send(m.OpenStream(spec, ring.layout))
             stream.opened.wait()
         except BaseException:

@@ -27,6 +27,13 @@ class VideoOptions(msgspec.Struct, frozen=True, kw_only=True):
     bit_depth: int | None = None
     per_frame_normalize: bool = False
     lossless: bool = False
+    # Channel order of (h, w, 3) frames: "RGB" as pymmcore-plus delivers them,
+    # "BGR" as OpenCV cameras do (then passed to the encoder unchanged).
+    color_order: str = "RGB"
+    # Set when the user's process resolved `fourcc` from another request
+    # (fallback): what was asked for and why it could not be had.
+    requested_fourcc: str | None = None
+    fallback_reason: str | None = None
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -224,19 +224,26 @@ class Stream:
         self._space.set()  # a blocked producer asks the new worker again
 
     # -- the end ----------------------------------------------------------------
-    def close(self, reason: str = "completed", *, check: bool = True) -> StreamReport:
+    def close(
+        self,
+        reason: str = "completed",
+        *,
+        check: bool = True,
+        extra_metadata: dict[str, Any] | None = None,
+    ) -> StreamReport:
         """Finish the file: wait for every published frame, finalise, report.
 
         Returns the report (also written next to the data). With `check`,
         a stream that failed raises WriterError after finalising; the report
-        is then on the exception as `.report`.
+        is then on the exception as `.report`. `extra_metadata` (JSON) is
+        merged into the sidecar's top level by the worker.
         """
         with self._lock:
             if self._report is None:
                 if not self._closing:
                     self._closing = True
                     self._close_msg = m.CloseStream(
-                        self.spec.stream_id, self._published, reason
+                        self.spec.stream_id, self._published, reason, extra_metadata
                     )
                     self.worker.send(self._close_msg)
                 self._closed.wait()

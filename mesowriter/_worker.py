@@ -130,8 +130,17 @@ class StreamRunner:
         self.error = remote_error(exc)
         self.close("error")
 
-    def close(self, reason: str, published: int | None = None) -> dict[str, Any]:
-        """Finalise file and sidecar (each step guarded); build the report."""
+    def close(
+        self,
+        reason: str,
+        published: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Finalise file and sidecar (each step guarded); build the report.
+
+        `extra` (sent with CloseStream) is merged over the spec's
+        `extra_metadata` into the sidecar's top level.
+        """
         if self.report is not None:
             return self.report
         end = self.ring.write_cursor if published is None else published
@@ -141,6 +150,7 @@ class StreamRunner:
             self.journal.close()
             _, recs, _ = scan(self.journal.path)
             records = [(r.i, bytes(r.m)) for r in recs]
+            del recs  # frees the journal's text now, not after finalisation
         except Exception as exc:
             self.secondary_errors.append(f"reading the journal: {exc!r}")
         sink_summary: dict[str, Any] = {}
@@ -157,7 +167,7 @@ class StreamRunner:
             write_sidecar(
                 sidecar,
                 {self.spec.position_key: [meta for _, meta in records]},
-                extra=self.spec.extra_metadata,
+                extra={**(self.spec.extra_metadata or {}), **(extra or {})},
             )
             if not self.secondary_errors:
                 self.journal.remove()
@@ -277,7 +287,7 @@ class Worker:
             closing = self.streams.pop(sid, None)
             if closing is None:  # never opened here (a resume that failed)
                 continue
-            report = closing.close(close.reason, close.published)
+            report = closing.close(close.reason, close.published, close.extra_metadata)
             self.send(m.StreamClosed(sid, report))
             closing.release()
 

@@ -151,6 +151,32 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    """Print a file's summary; with --sidecar, rebuild its sidecar from the XML."""
+    from mesowriter._inspect import export_sidecar, inspect_file
+
+    try:
+        info = inspect_file(args.path)
+        if args.sidecar:
+            data = export_sidecar(args.path, args.sidecar, overwrite=args.overwrite)
+            info["sidecar_exported"] = args.sidecar
+            info["sidecar_frames"] = sum(len(v) for v in data.values())
+    except (OSError, ValueError) as exc:
+        if args.json:
+            print(json.dumps({"path": args.path, "error": str(exc)}))
+        else:
+            print(f"cannot inspect: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    for key, value in info.items():
+        if key == "dropped_indices" and value and len(value) > 20:
+            value = f"{value[:20]} ... ({len(value)} in all)"
+        print(f"{key + ':':20} {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesowriter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=_recover)
+    ins = sub.add_parser("inspect", help="summarise an OME-TIFF or video file")
+    ins.add_argument("path", help="the data file")
+    ins.add_argument(
+        "--sidecar", metavar="OUT", help="rebuild the sidecar from the OME-XML alone"
+    )
+    ins.add_argument("--overwrite", action="store_true", help="replace OUT")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=_inspect)
     st = sub.add_parser("stress", help="soak, multi-camera and burst runs")
     st.add_argument(
         "scenario", nargs="?", default="all", choices=["all", "soak", "multi", "burst"]

@@ -179,6 +179,7 @@ def run_camera(
     path = str(Path(out_dir) / f"{cam.name}{cam.suffix}")
     frames = make_frames(cam.shape, cam.dtype)
     memcpy = _bare_memcpy(frames)
+    memcpy_ring = _bare_memcpy_ring(frames, cam.ring_bytes)
     video = (
         VideoOptions(fourcc=cam.video_fourcc, fps=cam.fps or 30.0)
         if cam.video_fourcc
@@ -267,6 +268,7 @@ def run_camera(
             0.0, (float(c.sum()) - report.blocked_seconds) / max(i, 1)
         ),
         "bare_memcpy_s": memcpy,
+        "bare_memcpy_ring_s": memcpy_ring,
         "pacing_late_max_s": late,
         "series_columns": ["t", "received", "written", "bytes", "ring_fill", "drops"],
         "series": series,
@@ -316,6 +318,36 @@ def _bare_memcpy(srcs: list[Any], repeats: int = 20) -> float:
     del dst
     buf.close()
     return cost
+
+
+def _bare_memcpy_ring(srcs: list[Any], ring_bytes: int, repeats: int = 40) -> float:
+    """Seconds to copy one frame into rotating slots of a ring-sized block.
+
+    The same copy `Stream.write` makes, minus everything else: the writer's
+    destination changes every frame (it must not overwrite frames the disk
+    has not taken yet), so, unlike one reused buffer, it is never in cache.
+    """
+    from multiprocessing import shared_memory
+
+    nbytes = srcs[0].nbytes
+    slots = max(2, min(ring_bytes // nbytes, 4096))
+    shm = shared_memory.SharedMemory(create=True, size=slots * nbytes)
+    try:
+        assert shm.buf is not None
+        block = np.ndarray((slots, *srcs[0].shape), srcs[0].dtype, shm.buf)
+        block[:, 0] = 0  # touch: a cold page would copy ten times slower
+        for k in range(slots):
+            np.copyto(block[k], srcs[k % len(srcs)])
+        n = max(repeats, slots)
+        t0 = time.perf_counter()
+        for k in range(n):
+            np.copyto(block[k % slots], srcs[k % len(srcs)])
+        cost = (time.perf_counter() - t0) / n
+        del block
+    finally:
+        shm.close()
+        shm.unlink()
+    return float(cost)
 
 
 # -- several cameras, one process each -------------------------------------------

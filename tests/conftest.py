@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def no_shared_memory_left_behind() -> Iterator[None]:
     """Fails the session if any shared-memory block outlives the suite."""
     before = _shm_blocks()
     yield
-    leaked = _shm_blocks() - before
+    deadline = time.monotonic() + 3.0  # rings are released on background threads
+    while (leaked := _shm_blocks() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not leaked, f"shared memory left behind: {sorted(leaked)}"
 
 
@@ -36,6 +39,23 @@ def index_frame(i: int, shape: tuple[int, ...], dtype: str = "uint16") -> np.nda
     if len(shape) == 3:
         frame = np.repeat(frame[:, :, None], shape[2], axis=2)
     return frame
+
+
+def read_video(path: str | os.PathLike[str], raw: bool = False) -> list[np.ndarray]:
+    """Every frame cv2 decodes from `path` (raw: no conversion to BGR)."""
+    import cv2
+
+    params = [cv2.CAP_PROP_CONVERT_RGB, 0] if raw else []
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
+    assert cap.isOpened(), path
+    out = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(frame)
+    cap.release()
+    return out
 
 
 @pytest.fixture

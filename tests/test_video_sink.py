@@ -23,6 +23,7 @@ from mesowriter.video import (
     resolve_codec,
 )
 from mesowriter.video._codecs import probe
+from tests.conftest import read_video as _read
 
 H, W = 64, 96
 
@@ -56,20 +57,6 @@ def _write(path: Path, frames: list[np.ndarray], **opts: Any) -> dict[str, Any]:
     finally:
         report = sink.close("done")
     return report
-
-
-def _read(path: Path, raw: bool = False) -> list[np.ndarray]:
-    params = [cv2.CAP_PROP_CONVERT_RGB, 0] if raw else []
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
-    assert cap.isOpened()
-    out = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        out.append(frame)
-    cap.release()
-    return out
 
 
 def _smooth(n: int, dtype: Any = np.uint8, top: int = 255) -> list[np.ndarray]:

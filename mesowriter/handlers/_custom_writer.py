@@ -76,10 +76,7 @@ class CustomWriter:
         workers: int = 1,
     ) -> None:
         name = os.fspath(filename)
-        if tiff_suffix(name) is None:
-            raise ValueError(
-                f"{name!r}: CustomWriter writes OME-TIFF; use one of {TIFF_SUFFIXES}"
-            )
+        self._check_filename(name)
         self._filename = prepare_output_path(name, overwrite)
         self._overwrite = overwrite
         self._ring_bytes = ring_bytes
@@ -100,6 +97,14 @@ class CustomWriter:
         self._summary: dict[str, Any] | None = None
         self._multi = False
         self._canceled = False
+
+    @classmethod
+    def _check_filename(cls, name: str) -> None:
+        """Refuse a file name this writer cannot write (subclasses override)."""
+        if tiff_suffix(name) is None:
+            raise ValueError(
+                f"{name!r}: CustomWriter writes OME-TIFF; use one of {TIFF_SUFFIXES}"
+            )
 
     @property
     def filename(self) -> str:

@@ -60,6 +60,15 @@ class Sink(abc.ABC):
         Runs in the user's process before any worker or camera starts.
         """
 
+    @classmethod
+    def prepare(cls, spec: StreamSpec) -> StreamSpec:
+        """Settle choices the worker must not make alone; runs after `check`.
+
+        Runs in the user's process, so warnings reach the user; returns the
+        spec the worker gets (the video sink pins the codec it resolved).
+        """
+        return spec
+
     @abc.abstractmethod
     def open(self, resume_from: int = 0) -> None:
         """Create the file (or reopen it holding `resume_from` frames)."""

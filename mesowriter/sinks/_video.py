@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import msgspec
 import numpy as np
 
 from mesowriter._spec import StreamSpec, VideoOptions
@@ -70,6 +71,8 @@ def _layout(spec: StreamSpec, opts: VideoOptions) -> _Layout:
         if opts.display_range is not None or opts.per_frame_normalize:
             raise ValueError("lossless video stores raw values: drop display_range")
         depth16 = dtype == np.uint16
+    if opts.color_order not in ("RGB", "BGR"):
+        raise ValueError(f"color_order must be RGB or BGR, not {opts.color_order!r}")
     if opts.fps <= 0:
         raise ValueError(f"fps must be positive, got {opts.fps}")
     return _Layout(int(shape[0]), int(shape[1]), channels, depth16)
@@ -96,6 +99,33 @@ class VideoSink(Sink):
         opts = spec.video or VideoOptions()
         check_video_request(spec.path, opts.fourcc, opts.lossless)
         _layout(spec, opts)
+
+    @classmethod
+    def prepare(cls, spec: StreamSpec) -> StreamSpec:
+        """Resolve the codec in the user's process and pin it in the spec.
+
+        A worker's warning would only reach its stderr; resolved here, the
+        `CodecFallbackWarning` reaches the user before the first frame, and
+        the worker (probing the same build) opens exactly the codec chosen.
+        """
+        opts = spec.video or VideoOptions()
+        lay = _layout(spec, opts)
+        choice = resolve_codec(
+            spec.path,
+            opts.fourcc,
+            is_color=opts.is_color,
+            depth16=lay.depth16,
+            size=(lay.width, lay.height),
+        )
+        if choice.used == opts.fourcc:
+            return spec
+        pinned = msgspec.structs.replace(
+            opts,
+            fourcc=choice.used,
+            requested_fourcc=opts.requested_fourcc or opts.fourcc,
+            fallback_reason=opts.fallback_reason or choice.reason,
+        )
+        return msgspec.structs.replace(spec, video=pinned)
 
     def open(self, resume_from: int = 0) -> None:
         if resume_from:
@@ -152,7 +182,10 @@ class VideoSink(Sink):
             )
         else:
             out = self._tone(pixels)
-            if lay.channels > 1 or (self.choice is not None and self.choice.is_color):
+            bgr_already = lay.channels == 3 and self.opts.color_order == "BGR"
+            if not bgr_already and (
+                lay.channels > 1 or (self.choice is not None and self.choice.is_color)
+            ):
                 out = to_bgr(out)
             want = (
                 (lay.height, lay.width, 3)
@@ -224,9 +257,11 @@ class VideoSink(Sink):
         path, choice = self.spec.path, self.choice
         return {
             "codec": choice.used if choice else None,
-            "requested_fourcc": self.opts.fourcc,
-            "fell_back": choice.fell_back if choice else False,
-            "fallback_reason": choice.reason if choice else None,
+            "requested_fourcc": self.opts.requested_fourcc or self.opts.fourcc,
+            "fell_back": self.opts.fallback_reason is not None
+            or (choice.fell_back if choice else False),
+            "fallback_reason": self.opts.fallback_reason
+            or (choice.reason if choice else None),
             "container": container_of(path),
             "fps": self.opts.fps,
             "frames_encoded": self.frames_encoded,

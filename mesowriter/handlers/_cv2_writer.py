@@ -1,0 +1,332 @@
+"""CV2Writer: the legacy video handler, encoding in writer processes.
+
+Same name, constructor and files as the writer labs already call, in its two
+modes:
+
+- a pymmcore-plus handler (`sequenceStarted` / `frameReady` /
+  `sequenceFinished`, or `attach(core)`), one video per position, exactly as
+  `CustomWriter` does for OME-TIFF (it shares that class's plumbing);
+- direct mode for cameras that run their own capture loop: `begin(width,
+  height, is_color=True)`, `add_frame(frame)`, `finish(extra_metadata=None)`.
+
+Either way the calling thread only copies each frame into a shared-memory
+ring; a writer process tone-maps and encodes it, and every video stream gets
+a writer process of its own while there are cores for them. Both modes write
+the legacy sidecar `<filename>_frame_metadata.json`.
+
+The codec is settled at construction, before any camera starts: an unknown
+fourcc or a container no codec can write raises ValueError, and a codec this
+OpenCV build lacks (H.264 in the Linux wheels) falls back to the container's
+portable one with one `CodecFallbackWarning`, here, in the user's process.
+The stream report's `sink` records the codec actually used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from mesowriter._errors import WriterError
+from mesowriter._metadata import CustomJSONEncoder
+from mesowriter._report import StreamReport
+from mesowriter._service import WriterService
+from mesowriter._spec import VideoOptions
+from mesowriter._stream import Stream
+from mesowriter.handlers._custom_writer import CustomWriter
+from mesowriter.video import check_video_request, resolve_codec
+
+DEFAULT_VIDEO_RING_BYTES = 256 * 1024 * 1024
+_MIN_RING_BYTES = 16 * 1024 * 1024
+_DIRECT_KEY = "p0"
+_MONO_BITS = re.compile(r"Mono(\d+)$")
+
+
+class CV2Writer(CustomWriter):
+    """Video (.mp4/.avi/.mkv/.mov) + frame-metadata sidecar, encoded off-thread.
+
+    Parameters
+    ----------
+    filename
+        The video file. With several positions each goes to
+        `<stem>_<position key><ext>`.
+    fps
+        Frame rate written into the container.
+    fourcc
+        Requested codec, e.g. "H264", "mp4v", "MJPG", "FFV1".
+    service
+        A WriterService to share with other writers; by default the writer
+        starts and owns one (stopped by `close()`).
+    display_range, bit_depth
+        The one fixed 16-to-8-bit mapping for the whole file: `(low, high)`
+        -> 0..255, else 0 .. 2**bit_depth - 1 -> 0..255. Without either, the
+        camera's bit depth is used (from the summary metadata, or the core
+        given to `attach`), else the dtype's full range.
+    per_frame_normalize
+        The legacy per-frame min/max stretch (brightness not comparable
+        between frames); off by default.
+    lossless
+        FFV1 (fourcc="FFV1", .mkv/.avi): uint16 gray frames are stored
+        bit-exact, uint8 frames unchanged.
+    ring_bytes, policy
+        Shared memory for the rings (split between positions) and what a
+        full ring does ("block" or "drop").
+    """
+
+    def __init__(
+        self,
+        filename: str | os.PathLike[str],
+        fps: float = 30,
+        fourcc: str = "H264",
+        *,
+        service: WriterService | None = None,
+        overwrite: bool = False,
+        display_range: tuple[float, float] | None = None,
+        bit_depth: int | None = None,
+        per_frame_normalize: bool = False,
+        lossless: bool = False,
+        ring_bytes: int = DEFAULT_VIDEO_RING_BYTES,
+        policy: str = "block",
+        workers: int = 1,
+    ) -> None:
+        name = os.fspath(filename)
+        check_video_request(name, fourcc, lossless)
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if lossless and (display_range is not None or per_frame_normalize):
+            raise ValueError(
+                "lossless video stores raw values: drop display_range and "
+                "per_frame_normalize"
+            )
+        if display_range is not None and not display_range[1] > display_range[0]:
+            raise ValueError(f"display_range needs low < high, got {display_range}")
+        if bit_depth is not None and not 1 <= bit_depth <= 32:
+            raise ValueError(f"bit_depth must be 1..32, got {bit_depth}")
+        # Probe now (cheap, cached), so a fallback is announced before any
+        # worker or camera starts; the worker is handed the codec chosen.
+        self.codec = resolve_codec(name, fourcc, is_color=False)
+        self._video = VideoOptions(
+            fps=float(fps),
+            fourcc=self.codec.used,
+            display_range=display_range,
+            bit_depth=bit_depth,
+            per_frame_normalize=per_frame_normalize,
+            lossless=lossless,
+            requested_fourcc=fourcc,
+            fallback_reason=self.codec.reason,
+        )
+        super().__init__(
+            name,
+            service=service,
+            ring_bytes=ring_bytes,
+            policy=policy,
+            overwrite=overwrite,
+            direct_io=False,
+            workers=workers,
+        )
+        self._core: Any = None
+        self._direct: tuple[int, int, bool] | None = None  # height, width, colour
+        self._direct_count = 0
+
+    @classmethod
+    def _check_filename(cls, name: str) -> None:
+        """Done in `__init__` already, with the fourcc asked for."""
+
+    @property
+    def fps(self) -> float:
+        return self._video.fps
+
+    # -- handler mode -------------------------------------------------------------
+    @contextmanager
+    def attach(self, core: Any) -> Iterator[CustomWriter]:
+        """As `CustomWriter.attach`; the core also tells the camera's bit depth."""
+        self._core = core
+        try:
+            with super().attach(core) as writer:
+                yield writer
+        finally:
+            self._core = None
+
+    def _open(self, key: str, shape: tuple[int, ...], dtype: Any) -> Stream:
+        shape = tuple(int(s) for s in shape)
+        return self._open_video(
+            key,
+            shape,
+            np.dtype(dtype),
+            is_color=len(shape) == 3,
+            color_order="RGB",  # pymmcore-plus delivers RGB
+            frames=self._expected.get(key),
+        )
+
+    def _camera_bit_depth(self) -> int | None:
+        """The camera's significant bits, from the summary or the core."""
+        infos = (self._summary or {}).get("image_infos") or []
+        if len(infos) == 1:
+            found = _MONO_BITS.match(str(infos[0].get("pixel_format", "")))
+            if found:
+                return int(found.group(1))
+        if self._core is not None:
+            try:
+                return int(self._core.getImageBitDepth())
+            except Exception:
+                return None
+        return None
+
+    # -- direct mode ----------------------------------------------------------------
+    def begin(
+        self,
+        width: int,
+        height: int,
+        is_color: bool = True,
+        *,
+        dtype: Any = None,
+    ) -> None:
+        """Start a video for frames of `width` x `height` from the caller's loop.
+
+        Frames are (height, width) gray or (height, width, 3) BGR, as OpenCV
+        cameras deliver them. The stream opens (ring, writer process, codec)
+        here when `dtype` is given, else at the first `add_frame`, which then
+        fixes the dtype; pass `dtype` to keep that cost out of the loop.
+        """
+        if self._direct is not None or self._streams:
+            raise RuntimeError("CV2Writer is already writing; call finish() first")
+        if int(width) <= 0 or int(height) <= 0:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        self._reset()
+        self._multi = False
+        self._expected = {}
+        self._direct = (int(height), int(width), bool(is_color))
+        self._direct_count = 0
+        if dtype is not None:
+            shape = (int(height), int(width)) + ((3,) if is_color else ())
+            self._open_direct(shape, np.dtype(dtype))
+
+    def add_frame(
+        self, frame: np.ndarray, metadata: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Queue one frame; True if it went into the ring, False if dropped.
+
+        uint8 frames pass through unchanged; deeper ones go through the fixed
+        mapping. The sidecar record is `{"index", "timestamp"}` (time.time()
+        at the call) plus `metadata`. Raises FrameRejected for a frame that
+        does not fit the video (the video stays open).
+        """
+        if self._direct is None:
+            raise RuntimeError("CV2Writer.add_frame called before begin()")
+        stream = self._streams.get(_DIRECT_KEY)
+        if stream is None:
+            stream = self._open_direct(tuple(frame.shape), frame.dtype)
+        record: dict[str, Any] = {"index": self._direct_count, "timestamp": time.time()}
+        if metadata:
+            record.update(metadata)
+        self._direct_count += 1
+        return stream.write(frame, record)
+
+    def finish(self, extra_metadata: Mapping[str, Any] | None = None) -> StreamReport:
+        """Finalise the video and its sidecar; return the stream report.
+
+        The sidecar is `{"p0": [per-frame records], **extra_metadata}`, the
+        legacy layout (extra keys at the top level). Raises WriterError if
+        the stream failed or any frame was not written.
+        """
+        if self._direct is None:
+            raise RuntimeError("CV2Writer.finish called before begin()")
+        extra = _plain(extra_metadata) if extra_metadata else None
+        if extra and _DIRECT_KEY in extra:
+            raise ValueError(f"extra_metadata may not use the key {_DIRECT_KEY!r}")
+        stream = self._streams.get(_DIRECT_KEY)
+        if stream is None:  # no frame came: still leave a (empty) video + sidecar
+            height, width, colour = self._direct
+            shape = (height, width) + ((3,) if colour else ())
+            stream = self._open_direct(shape, np.dtype(np.uint8))
+        self._direct = None
+        self._streams.pop(_DIRECT_KEY, None)
+        report = stream.close(
+            "completed", check=False, extra_metadata=dict(extra) if extra else None
+        )
+        self.reports[_DIRECT_KEY] = report
+        records: list[dict[str, Any]] = []
+        if report.sidecar and os.path.exists(report.sidecar):
+            with open(report.sidecar, "rb") as fh:
+                records = json.load(fh).get(_DIRECT_KEY, [])
+        self.frame_metadatas = {_DIRECT_KEY: records}
+        problem = report.error or (
+            f"{report.frames_dropped} frame(s) not written "
+            f"(indices {report.dropped_indices[:20]})"
+            if report.frames_dropped
+            else None
+        )
+        if problem:
+            self.error = WriterError(f"{report.path}: {problem}")
+            raise self.error
+        return report
+
+    def _open_direct(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Stream:
+        assert self._direct is not None
+        height, width, colour = self._direct
+        if shape[:2] != (height, width) or len(shape) not in (2, 3):
+            raise ValueError(
+                f"frame of shape {shape} does not fit begin({width}, {height}): "
+                f"expected ({height}, {width}) or ({height}, {width}, 3)"
+            )
+        if len(shape) == 3 and not colour:
+            raise ValueError(
+                f"colour frames {shape} but begin(is_color=False): pass "
+                "is_color=True or gray frames"
+            )
+        return self._open_video(
+            _DIRECT_KEY, shape, dtype, is_color=colour, color_order="BGR"
+        )
+
+    # -- shared ---------------------------------------------------------------------
+    def _open_video(
+        self,
+        key: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        *,
+        is_color: bool,
+        color_order: str,
+        frames: int | None = None,
+    ) -> Stream:
+        video = self._video
+        bit_depth = video.bit_depth
+        if bit_depth is None and video.display_range is None and dtype.itemsize > 1:
+            camera = self._camera_bit_depth()
+            if camera is not None and 1 <= camera <= 8 * dtype.itemsize:
+                bit_depth = camera
+        opts = msgspec.structs.replace(
+            video, is_color=is_color, bit_depth=bit_depth, color_order=color_order
+        )
+        n_files = max(1, len(self._expected))
+        stream = self._service.open_stream(
+            self.path_for(key),
+            shape=shape,
+            dtype=dtype,
+            frames=frames,
+            overwrite=self._overwrite,
+            kind="video",
+            position_key=key,
+            ring_bytes=max(_MIN_RING_BYTES, self._ring_bytes // n_files),
+            policy=self._policy,
+            sequence=self._sequence_json,
+            summary=self._summary,
+            video=opts,
+        )
+        self._streams[key] = stream
+        return stream
+
+
+def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` as plain JSON types (numpy values etc. via CustomJSONEncoder)."""
+    out = json.loads(json.dumps(dict(data), cls=CustomJSONEncoder))
+    if not isinstance(out, dict):
+        raise TypeError("extra_metadata must be a mapping")
+    return out
