@@ -14,7 +14,7 @@ atomically (temporary file, then rename).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from typing import Any
 
@@ -113,32 +113,57 @@ def scan(path: str) -> tuple[JournalHeader, list[JournalRecord], int]:
 
 
 def iter_records(path: str) -> Iterator[tuple[int, bytes]]:
-    """(frame index, metadata JSON) of every journalled frame, in file order."""
-    _, records, _ = scan(path)
-    for rec in records:
-        yield rec.i, bytes(rec.m)
+    """(frame index, metadata JSON) of every journalled frame, in file order.
+
+    Reads one line at a time, so finalising a 100 000-frame stream never
+    holds the journal in memory; stops at a torn last line, like `scan`.
+    """
+    with open(path, "rb", buffering=1 << 20) as fh:
+        fh.readline()  # the header
+        for line in fh:
+            if not line.endswith(b"\n"):
+                return
+            try:
+                rec = _record_decoder.decode(line[:-1])
+            except msgspec.DecodeError:
+                return
+            yield rec.i, bytes(rec.m)
 
 
 def write_sidecar(
     path: str,
-    groups: dict[str, list[bytes]],
+    groups: dict[str, Iterable[bytes]],
     extra: dict[str, Any] | None = None,
-) -> None:
-    """Write {key: [meta, ...]} atomically from already-encoded JSON items."""
-    parts = [b"{"]
-    first = True
-    for key, items in groups.items():
-        if not first:
-            parts.append(b",")
-        first = False
-        parts += [_encoder.encode(key), b":[", b",".join(items), b"]"]
-    for key, value in (extra or {}).items():
-        if not first:
-            parts.append(b",")
-        first = False
-        parts += [_encoder.encode(key), b":", _encoder.encode(value)]
-    parts.append(b"}")
-    atomic_write(path, b"".join(parts))
+) -> int:
+    """Write {key: [meta, ...], **extra} atomically; return the items written.
+
+    Items are already-encoded JSON, streamed to a temporary file and joined
+    without re-encoding, then the file is synced and renamed into place.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    count = 0
+    with open(tmp, "wb", buffering=1 << 20) as fh:
+        fh.write(b"{")
+        first = True
+        for key, items in groups.items():
+            if not first:
+                fh.write(b",")
+            first = False
+            fh.write(_encoder.encode(key) + b":[")
+            for n, item in enumerate(items):
+                fh.write(b"," + item if n else item)
+                count += 1
+            fh.write(b"]")
+        for key, value in (extra or {}).items():
+            if not first:
+                fh.write(b",")
+            first = False
+            fh.write(_encoder.encode(key) + b":" + _encoder.encode(value))
+        fh.write(b"}")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return count
 
 
 def atomic_write(path: str, data: bytes) -> None:
