@@ -120,5 +120,64 @@ def measure_ome_finalise(frames: int = 100_000) -> dict[str, Any]:
     }
 
 
+def measure_stream_finalise(
+    frames: int = 100_000, folder: str | None = None
+) -> dict[str, Any]:
+    """The same records through a real stream: the writer's close, measured.
+
+    Tiny 8x8 frames carry the metadata, so the figure is finalisation
+    (OME-XML with every plane and the frame-metadata annotation, the sidecar)
+    and not pixel I/O. The writer process's RSS is sampled during `close()`.
+    """
+    import os
+    import tempfile
+    import threading
+
+    import numpy as np
+    import psutil
+
+    from mesowriter import WriterService
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        path = os.path.join(tmp, "scale.ome.tiff")
+        with WriterService(ring_bytes=64 << 20, handle_signals=False) as svc:
+            stream = svc.open_stream(
+                path,
+                shape=(8, 8),
+                dtype="uint16",
+                frames=frames,
+                sequence=_sequence(frames),
+            )
+            worker = psutil.Process(svc.workers[0])
+            pixels = np.zeros((8, 8), np.uint16)
+            for _, meta in _records(frames):
+                stream.write(pixels, json.loads(meta))
+            done = threading.Event()
+            while stream.frames_written < frames:
+                done.wait(0.01)
+            base = worker.memory_info().rss
+            peak = [base]
+
+            def sample() -> None:
+                while not done.wait(0.02):
+                    peak[0] = max(peak[0], worker.memory_info().rss)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            t0 = time.perf_counter()
+            report = stream.close()
+            seconds = time.perf_counter() - t0
+            done.set()
+            sampler.join()
+        xml_bytes = report.sink.get("ome_xml_bytes", 0)
+    return {
+        "frames": frames,
+        "frames_written": report.frames_written,
+        "close_seconds": round(seconds, 2),
+        "worker_peak_extra_mb": round((peak[0] - base) / 1e6, 1),
+        "xml_mb": round(xml_bytes / 1e6, 1),
+    }
+
+
 if __name__ == "__main__":
     print(measure_ome_finalise(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))

@@ -12,9 +12,15 @@ b. the same frames through pymmcore-plus OMETiffWriter, ome-writers and plain
 c. the DemoCamera through pymmcore-plus: highest drop-free burst rate with
    mesowriter (acquisition thread; relay for reference) vs a do-nothing slot.
 d. acquisition-side cost per frame (time in `Stream.write`, paced below disk
-   speed so no wait is included) vs a bare memcpy in the same process.
-e. video fps: the encoder in this process vs 1 and 2 parallel video streams.
+   speed so no wait is included) vs a bare memcpy of the same frames into
+   ring-sized shared memory in the same process (and, for reference, into
+   one cache-warm buffer, which no ring can use).
+e. video fps per working codec and size: the encoder in this process vs 1,
+   2 and N parallel video streams (one writer process each).
 f. memory: peak RSS of every process and peak dirty page cache in (a), (b).
+g. finalisation at scale: close() of a 100 000-frame stream with realistic
+   per-frame metadata (OME-XML planes + annotation, sidecar): seconds and
+   memory added in the writer process.
 
 Writes benchmarks/results/results.json, results.md and PNG plots.
 """
@@ -49,13 +55,15 @@ from mesowriter.synthetic import SyntheticCamera, read_index, run_cameras  # noq
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1 << 30
 MIB = 1 << 20
-SECTIONS = "abcdef"
+SECTIONS = "abcdefg"
 TARGETS = {
     "a": ("mesowriter / raw O_DIRECT", ">=", 0.9),
     "b": ("mesowriter / slowest-to-fastest peer", ">=", 3.0),
     "c": ("attach fps / min(do-nothing fps, disk fps)", ">=", 0.85),
     "d": ("Stream.write / bare memcpy", "<=", 1.2),
     "f": ("peak dirty pages (MiB) during mesowriter", "<=", 256.0),
+    "g": ("close() of a 100 000-frame stream (s)", "<=", 10.0),
+    "g_mb": ("writer memory added by that close (MB)", "<=", 500.0),
 }
 
 
@@ -319,6 +327,16 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 c["ratio_attach"] = c["mesowriter_attach"]["fps"] / ceiling
                 c["ratio_relay"] = c["mesowriter_relay"]["fps"] / ceiling
                 results["c"] = c
+        if "g" in only:
+            from benchmarks.ome_scale import measure_stream_finalise
+
+            g = _section(
+                "g finalise 100k frames",
+                results,
+                lambda: measure_stream_finalise(args.finalise_frames, str(scratch)),
+            )
+            if g:
+                results["g"] = g
         if "e" in only:
             e = _section(
                 "e video",
@@ -393,6 +411,21 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{d['ratio_mean_warm_buffer']:.2f}x)",
                 "<= 1.2x",
                 verdict("d", d["ratio_mean"]),
+            )
+        )
+    if "g" in res:
+        g = res["g"]
+        rows.append(
+            (
+                "g finalise",
+                f"{g['frames_written']} frames: close {g['close_seconds']:.2f} s, "
+                f"writer +{g['worker_peak_extra_mb']:.0f} MB, "
+                f"OME-XML {g['xml_mb']:.1f} MB",
+                "<= 10 s, <= 500 MB",
+                "PASS"
+                if verdict("g", g["close_seconds"]) == "PASS"
+                and verdict("g_mb", g["worker_peak_extra_mb"]) == "PASS"
+                else "MISS",
             )
         )
     if "e" in res:
@@ -552,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cost-frames", type=int, default=300)
     ap.add_argument("--democam-size", type=int, default=2048)
     ap.add_argument("--democam-frames", type=int, default=500)
+    ap.add_argument("--finalise-frames", type=int, default=100_000)
     ap.add_argument("--video-size", type=int, default=1024)
     ap.add_argument("--video-frames", type=int, default=150)
     ap.add_argument(
@@ -575,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("democam_frames", 200),
             ("video_size", 256),
             ("video_frames", 60),
+            ("finalise_frames", 5_000),
         ):
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, small)

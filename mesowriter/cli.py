@@ -73,13 +73,17 @@ def _stress(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     try:
         for name in scenarios:
-            kwargs: dict[str, Any] = {"size": args.size}
+            kwargs: dict[str, Any] = {}
             if name == "soak":
                 kwargs.update(minutes=args.minutes, fps=args.fps)
+                if args.size:
+                    kwargs["size"] = args.size
             elif name == "multi":
-                kwargs = {"seconds": args.seconds, "scale": args.size / 2048}
+                kwargs = {"seconds": args.seconds, "scale": (args.size or 2048) / 2048}
             else:
-                kwargs["ring_mib"] = max(32, int(1024 * (args.size / 2048) ** 2))
+                size = args.size or 2048
+                kwargs["size"] = size
+                kwargs["ring_mib"] = max(32, int(1024 * (size / 2048) ** 2))
             run = getattr(stress, name)
             if args.json:
                 results[name] = run(out / name, **kwargs)
@@ -214,8 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--minutes", type=float, default=10.0, help="soak length")
     st.add_argument("--fps", type=float, default=100.0, help="soak frame rate")
-    st.add_argument("--seconds", type=float, default=60.0, help="multi length")
-    st.add_argument("--size", type=int, default=2048, help="frame edge")
+    st.add_argument("--seconds", type=float, default=30.0, help="multi length")
+    st.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="frame edge (default: soak 512, multi and burst 2048)",
+    )
     st.add_argument("--dir", default=None, help="where files go (on the disk)")
     st.add_argument("--keep", action="store_true", help="keep the files")
     st.add_argument("--json", action="store_true")

@@ -96,6 +96,7 @@ def _run(
     on_message: Message | None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
+    _check_disk(cameras, out_dir)
     trace = _MemoryTrace()
 
     def relay(msg: dict[str, Any]) -> None:
@@ -118,15 +119,45 @@ def _run(
     }
 
 
+def _check_disk(cameras: list[SyntheticCamera], out_dir: str | Path) -> None:
+    """Refuse, before any camera starts, a run the disk cannot hold."""
+    import shutil
+
+    need = 0.0
+    for cam in cameras:
+        frames = cam.frames
+        if cam.duration is not None and cam.fps:
+            # a burst "as fast as possible" is counted at 1000 fps
+            est = cam.duration * cam.fps + sum(
+                b.seconds * (b.fps or 1000.0) for b in cam.bursts
+            )
+            frames = int(est) if frames is None else min(frames, int(est))
+        need += (frames or 0) * cam.frame_nbytes
+    folder = Path(out_dir)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > 0.9 * free:
+        raise ValueError(
+            f"this run writes about {need / 1e9:.1f} GB but {folder} has "
+            f"{free / 1e9:.1f} GB free; lower the frame size, rate or duration"
+        )
+
+
 def soak(
     out_dir: str | Path,
     *,
     minutes: float = 10.0,
     fps: float = 100.0,
-    size: int = 2048,
+    size: int = 512,
     on_message: Message | None = None,
 ) -> dict[str, Any]:
-    """One camera at a set rate for `minutes`; memory must not grow."""
+    """One camera at a set rate for `minutes`; memory must not grow.
+
+    What a soak tests is growth per frame over a long run (60 000 frames at
+    the defaults), not bandwidth: 512x512 keeps ten minutes at 100 fps to
+    about 31 GB of disk (2048x2048 would need about 500 GB).
+    """
     cam = SyntheticCamera(
         name="soak",
         shape=(size, size),
@@ -140,7 +171,7 @@ def soak(
 def multi(
     out_dir: str | Path,
     *,
-    seconds: float = 60.0,
+    seconds: float = 30.0,
     scale: float = 1.0,
     on_message: Message | None = None,
 ) -> dict[str, Any]:

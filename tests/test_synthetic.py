@@ -71,3 +71,14 @@ def test_a_failing_camera_raises_in_the_parent(tmp_path: Path) -> None:
     cam = SyntheticCamera(name="bad", frames=2, suffix=".unknown")
     with pytest.raises(CameraFailed, match="cannot tell the format"):
         run_cameras([cam], tmp_path)
+
+
+def test_stress_refuses_a_run_the_disk_cannot_hold(tmp_path: Path) -> None:
+    from mesowriter import stress
+    from mesowriter.synthetic import SyntheticCamera
+
+    huge = SyntheticCamera(name="huge", shape=(2048, 2048), fps=1000.0, duration=1e7)
+    with pytest.raises(ValueError, match="GB free"):
+        stress._check_disk([huge], tmp_path / "not-yet-made")
+    small = SyntheticCamera(name="small", shape=(8, 8), fps=10.0, duration=1.0)
+    stress._check_disk([small], tmp_path)  # fits: no error
