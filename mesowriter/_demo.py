@@ -22,6 +22,10 @@ def fast_democam(size: int, buffer_mb: int) -> Any:
     core.setProperty("Camera", "OnCameraCCDXSize", size)
     core.setProperty("Camera", "OnCameraCCDYSize", size)
     core.setProperty("Camera", "PixelType", "16bit")
+    # FastImage re-sends one generated image; without one it sends zeros, so
+    # generate a real picture first (the demo's file should show something).
+    core.setProperty("Camera", "Mode", "Artificial Waves")
+    core.snapImage()
     core.setProperty("Camera", "FastImage", 1)
     core.setCircularBufferMemoryFootprint(buffer_mb)
     return core

@@ -43,6 +43,7 @@ from mesowriter._ring import (
     DEFAULT_METADATA_BYTES,
     FrameRing,
     RingLayout,
+    remove_stale_rings,
     shm_available_bytes,
 )
 from mesowriter._spec import StreamSpec, VideoOptions
@@ -50,6 +51,7 @@ from mesowriter._stream import Stream
 from mesowriter.sinks import kind_for_path, sink_class
 
 DEFAULT_RING_BYTES = 1 << 30
+WORKER_NAME_PREFIX = "mesowriter-writer-"
 JOIN_TIMEOUT = 10.0
 MAX_RESTARTS = 3
 
@@ -125,6 +127,8 @@ class WriterService:
         self.worker_deaths: list[dict[str, Any]] = []
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         _prepare_worker_environment()
+        _skip_main_module_in_workers()
+        remove_stale_rings()
         for _ in range(workers):
             self._start_worker()
         self._monitor = threading.Thread(
@@ -161,7 +165,7 @@ class WriterService:
         proc = self._ctx.Process(
             target=worker_main,
             args=(to_r, from_w),
-            name=f"mesowriter-writer-{index}",
+            name=f"{WORKER_NAME_PREFIX}{index}",
             daemon=True,
         )
         proc.start()
@@ -228,6 +232,10 @@ class WriterService:
         if not raw_path.strip():
             raise ValueError("an empty path is not a file name")
         kind = kind or kind_for_path(raw_path)
+        if video is not None and kind != "video":
+            raise ValueError(
+                f"{raw_path!r} is written as {kind}: video options do not apply"
+            )
         np_dtype = np.dtype(dtype).newbyteorder("<")
         if np_dtype.itemsize == 1:
             np_dtype = np_dtype.newbyteorder("|")
@@ -478,6 +486,33 @@ def _check_memory(nbytes: int) -> None:
             f"a ring of {nbytes / 2**30:.2f} GiB does not fit in /dev/shm "
             f"({shm_free / 2**30:.2f} GiB free); lower ring_bytes"
         )
+
+
+def _skip_main_module_in_workers() -> None:
+    """Spawn writer workers without re-running the user's script.
+
+    Under `spawn`, a child normally re-imports the parent's `__main__` so
+    that pickled functions defined there resolve. Our workers need nothing
+    from it (their entry point is `mesowriter._worker.worker_main`), and a
+    lab script without an `if __name__ == "__main__":` guard would otherwise
+    run again in every worker: load the hardware configuration, start
+    another acquisition. Only processes named for our workers are affected.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "_mesowriter_hook", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        if name.startswith(WORKER_NAME_PREFIX):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._mesowriter_hook = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
 
 
 def _prepare_worker_environment() -> None:

@@ -126,7 +126,8 @@ def test_errors_surface_at_sequence_finished(core: Any, tmp_path: Path) -> None:
         with pytest.raises(WriterError, match="1 frame"):
             writer.sequenceFinished(seq)
     finally:
-        writer.close()
+        with pytest.raises(WriterError):  # close() raises what pymmcore-plus swallows
+            writer.close()
     report = writer.reports["p0"]
     assert report.drops["rejected"] == [1] and report.frames_written == 2
     assert writer.frame_metadatas == {"p0": [{"n": 0}, {"n": 2}]}
@@ -162,3 +163,75 @@ def test_custom_json_encoder_handles_acquisition_types() -> None:
     assert decoded["set"] == [1, 3]
     with pytest.raises(TypeError):
         json.dumps({"x": object()}, cls=CustomJSONEncoder)
+
+
+def test_a_file_that_cannot_be_opened_fails_once_and_close_raises(
+    core: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "late.ome.tiff"
+    writer = CustomWriter(path, ring_bytes=64 << 20)
+    path.write_bytes(b"appeared after the writer was made")
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 20})
+    with pytest.raises(WriterError, match="20 frame"):
+        with writer:
+            with writer.attach(core):
+                core.mda.run(seq)  # pymmcore-plus logs sequenceFinished's error
+    assert len(writer.service.worker_deaths) == 0
+    assert path.read_bytes() == b"appeared after the writer was made"
+    assert "could not be opened" in str(writer.error)
+
+
+def test_positions_sharing_a_name_get_files_of_their_own(
+    core: Any, tmp_path: Path
+) -> None:
+    seq = useq.MDASequence(
+        stage_positions=[
+            useq.Position(x=0, y=0, z=0, name="A"),
+            useq.Position(x=9, y=9, z=0, name="A"),
+        ],
+        time_plan={"interval": 0, "loops": 2},
+    )
+    path = tmp_path / "dup.ome.tiff"
+    with CustomWriter(path, ring_bytes=64 << 20) as writer:
+        with pytest.warns(UserWarning, match="keyed p<index>"):
+            writer.sequenceStarted(seq, {})
+        for event in seq:
+            writer.frameReady(np.full((4, 4), event.index["p"], np.uint16), event, {})
+        writer.sequenceFinished(seq)
+    for p in (0, 1):
+        _, shape, data = _series(tmp_path / f"dup_p{p}.ome.tiff")
+        assert shape == (2, 4, 4) and (data == p).all()
+    assert sorted(writer.frame_metadatas) == ["p0", "p1"]
+
+
+SCRIPT_WITHOUT_MAIN_GUARD = """
+import sys
+import numpy as np
+from mesowriter import WriterService
+
+with open(sys.argv[1], "a") as log:
+    log.write("ran\\n")
+with WriterService(ring_bytes=8 << 20) as svc:
+    stream = svc.open_stream(sys.argv[2], shape=(8, 8), dtype="uint16")
+    for i in range(5):
+        stream.write(np.full((8, 8), i, np.uint16))
+    print(stream.close().frames_written)
+"""
+
+
+def test_a_script_without_main_guard_runs_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "acquire.py"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD)
+    log = tmp_path / "log.txt"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(log), str(tmp_path / "out.ome.tiff")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "5"
+    assert log.read_text() == "ran\n"  # the writer process did not re-run it

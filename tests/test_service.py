@@ -233,6 +233,12 @@ def test_unsupported_dtype_and_oversized_ring_are_clear_errors(
         service.open_stream(
             tmp_path / "big.ome.tiff", shape=(8, 8), dtype="uint16", ring_bytes=1 << 46
         )
+    from mesowriter import VideoOptions
+
+    with pytest.raises(ValueError, match="video options"):
+        service.open_stream(
+            tmp_path / "v.ome.tiff", shape=(8, 8), dtype="uint16", video=VideoOptions()
+        )
     with pytest.raises(ValueError, match="fewer than 2 frames"):
         service.open_stream(
             tmp_path / "tiny.ome.tiff",

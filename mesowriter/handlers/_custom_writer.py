@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -97,6 +98,10 @@ class CustomWriter:
         self._summary: dict[str, Any] | None = None
         self._multi = False
         self._canceled = False
+        self._key_by_p: dict[int, str] = {}
+        self._open_failed: dict[str, str] = {}
+        self._lost: dict[str, int] = {}
+        self._undelivered: WriterError | None = None
 
     @classmethod
     def _check_filename(cls, name: str) -> None:
@@ -125,7 +130,8 @@ class CustomWriter:
         self._sequence = seq
         self._sequence_json = _plain_json(seq)
         self._summary = _summary_json(meta)
-        keys, expected = _positions(seq)
+        self._key_by_p, expected = _positions(seq)
+        keys = list(expected)
         self._multi = len(keys) > 1
         self._expected = expected
         infos = (meta or {}).get("image_infos") or []
@@ -133,25 +139,42 @@ class CustomWriter:
             shape = tuple(int(s) for s in infos[0]["plane_shape"])
             dtype = np.dtype(infos[0]["dtype"])
             for key in keys:
-                try:
-                    self._open(key, shape, dtype)
-                except Exception as exc:
-                    self._record(f"opening {self.path_for(key)}: {exc}", exc)
+                self._try_open(key, shape, dtype)
 
     def frameReady(
         self, img: np.ndarray, event: Any, meta: Mapping[str, Any] | None = None
     ) -> None:
         """Hand the frame to its position's ring. Never raises (see module doc)."""
         try:
-            from mesowriter._ome import file_key_for_event
-
-            key = file_key_for_event(dict(event.index), event.pos_name)
+            key = self._key_for(event)
             stream = self._streams.get(key)
             if stream is None:
-                stream = self._open(key, img.shape, img.dtype)
+                stream = self._try_open(key, img.shape, img.dtype)
+            if stream is None:  # its file could not be opened: counted, not retried
+                self._lost[key] = self._lost.get(key, 0) + 1
+                return
             stream.write(img, meta if meta is not None else {"mda_event": event})
         except Exception as exc:
             self._record(f"frame {getattr(event, 'index', '?')}: {exc}", exc)
+
+    def _key_for(self, event: Any) -> str:
+        """The file key of an event: its position's, as planned at the start."""
+        from mesowriter._ome import file_key_for_event
+
+        index = dict(event.index)
+        key = self._key_by_p.get(int(index.get("p", 0)))
+        return key if key is not None else file_key_for_event(index, event.pos_name)
+
+    def _try_open(self, key: str, shape: tuple[int, ...], dtype: Any) -> Stream | None:
+        """Open a position's stream once; a failure is recorded, not retried."""
+        if key in self._open_failed:
+            return None
+        try:
+            return self._open(key, shape, dtype)
+        except Exception as exc:
+            self._open_failed[key] = f"{type(exc).__name__}: {exc}"
+            self._record(f"opening {self.path_for(key)}: {exc}", exc)
+            return None
 
     def sequenceCanceled(self, seq: Any = None) -> None:
         self._canceled = True
@@ -159,6 +182,12 @@ class CustomWriter:
     def sequenceFinished(self, seq: Any = None) -> None:
         """Finalise every file and sidecar; raise if anything was lost or failed."""
         reason = "canceled" if self._canceled else "completed"
+        for key, lost in self._lost.items():
+            self._record(
+                f"{lost} frame(s) of position {key!r} were not written: its file "
+                f"could not be opened ({self._open_failed.get(key, 'unknown')})",
+                None,
+            )
         for key, stream in list(self._streams.items()):
             try:
                 report = stream.close(reason, check=False)
@@ -183,6 +212,7 @@ class CustomWriter:
                 self._record(f"writing the combined sidecar: {exc}", exc)
         if self.errors:
             self.error = WriterError("; ".join(self.errors))
+            self._undelivered = self.error
             raise self.error
 
     # -- legacy API ---------------------------------------------------------------
@@ -216,7 +246,13 @@ class CustomWriter:
                 getattr(events, name).disconnect(getattr(self, name))
 
     def close(self) -> None:
-        """Stop the writer processes this writer started."""
+        """Stop the writer processes this writer started; raise a run's error.
+
+        pymmcore-plus logs and swallows what `sequenceFinished` raises, so an
+        error of the last run that no call of ours has raised to the caller
+        yet is raised here: a `with CustomWriter(...)` block never ends
+        quietly after lost frames.
+        """
         for stream in list(self._streams.values()):
             try:
                 stream.close("canceled", check=False)
@@ -225,6 +261,9 @@ class CustomWriter:
         self._streams.clear()
         if self._own_service:
             self._service.close()
+        if self._undelivered is not None:
+            error, self._undelivered = self._undelivered, None
+            raise error
 
     def __enter__(self) -> CustomWriter:
         return self
@@ -238,7 +277,10 @@ class CustomWriter:
         self.reports = {}
         self.errors = []
         self.error = None
+        self._undelivered = None
         self._canceled = False
+        self._open_failed = {}
+        self._lost = {}
 
     def _open(self, key: str, shape: tuple[int, ...], dtype: Any) -> Stream:
         n_files = max(1, len(self._expected))
@@ -296,28 +338,44 @@ def _summary_json(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
 
 
-def _positions(seq: Any) -> tuple[list[str], dict[str, int | None]]:
-    """File keys of the sequence's positions and the frames each will get."""
+def _positions(seq: Any) -> tuple[dict[int, str], dict[str, int | None]]:
+    """File key of each position index, and the frames each key will get.
+
+    A position's key is its name, else `p{index}`. Names that several
+    positions share would put different places into one file, so those
+    positions are keyed by index instead, with a warning.
+    """
     from mesowriter._ome import file_key_for_event
 
     positions = list(getattr(seq, "stage_positions", ()) or ())
-    keys = [
-        file_key_for_event({"p": i}, getattr(p, "name", None))
-        for i, p in enumerate(positions)
-    ]
-    if not keys:
-        keys = ["p0"]
+    names = [getattr(p, "name", None) or None for p in positions]
+    shared = sorted({n for n in names if n is not None and names.count(n) > 1})
+    if shared:
+        warnings.warn(
+            f"several stage positions are named {shared}; their files and sidecar "
+            "lists are keyed p<index> instead, so that no two places share a file",
+            UserWarning,
+            stacklevel=3,
+        )
+    key_by_p = {
+        i: file_key_for_event({"p": i}, None if n in shared else n)
+        for i, n in enumerate(names)
+    }
+    keys = list(key_by_p.values()) or ["p0"]
     sizes = {k: v for k, v in dict(getattr(seq, "sizes", {})).items() if v}
     total = math.prod(sizes.values()) if sizes else 1
     expected: dict[str, int | None] = dict.fromkeys(keys, None)
     if total <= _COUNT_EVENTS_UP_TO:
         counts: dict[str, int] = dict.fromkeys(keys, 0)
         for event in seq:
-            key = file_key_for_event(dict(event.index), event.pos_name)
+            p = int(event.index.get("p", 0))
+            key = key_by_p.get(p) or file_key_for_event(
+                dict(event.index), event.pos_name
+            )
             counts[key] = counts.get(key, 0) + 1
-        return list(counts), dict(counts)
+        return key_by_p, dict(counts)
     simple = all(getattr(p, "sequence", None) is None for p in positions)
     if simple:
         per = total // max(1, sizes.get("p", 1))
         expected = dict.fromkeys(keys, per)
-    return keys, expected
+    return key_by_p, expected

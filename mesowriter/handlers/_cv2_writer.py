@@ -199,6 +199,11 @@ class CV2Writer(CustomWriter):
             raise RuntimeError("CV2Writer is already writing; call finish() first")
         if int(width) <= 0 or int(height) <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
+        if not self._overwrite and os.path.exists(self.filename):
+            raise FileExistsError(
+                f"{self.filename} exists (a second begin() on one writer?); "
+                "pass overwrite=True to replace it"
+            )
         self._reset()
         self._multi = False
         self._expected = {}
