@@ -85,12 +85,19 @@ def rate_from_cumulative(
     """Turn cumulative ``(t, total)`` points into ``(t, rate)`` over ``window`` s.
 
     A trailing window, not point-to-point differences, so 50 ms sampling
-    jitter does not turn into spikes.
+    jitter does not turn into spikes; points before one full window has
+    passed are left out (a burst into a queue in the first milliseconds
+    would otherwise read as hundreds of GB/s).
     """
     pts = sorted(points)
     out: list[tuple[float, float]] = []
+    if not pts:
+        return out
+    start = pts[0][0]
     j = 0
     for t, v in pts:
+        if t - start < window:
+            continue
         while j < len(pts) - 1 and pts[j][0] < t - window:
             j += 1
         t0, v0 = pts[j]
