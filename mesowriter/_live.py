@@ -47,7 +47,8 @@ class LiveProgress:
         row = dict(msg)
         if prev is not None and msg["t"] > prev["t"]:
             dt = msg["t"] - prev["t"]
-            row["fps"] = (msg["frames"] - prev["frames"]) / dt
+            # the writer's rate, like GB/s (frames received may have stopped)
+            row["fps"] = (msg["written"] - prev["written"]) / dt
             row["gbps"] = (msg["bytes"] - prev["bytes"]) / dt / 1e9
         else:
             row["fps"] = row["gbps"] = 0.0

@@ -281,8 +281,16 @@ def _progress(
 ) -> dict[str, Any]:
     total = cam.frames
     if cam.duration is not None and cam.fps:
-        est = int(cam.duration * cam.fps)
-        total = est if total is None else min(total, est)
+        # a burst replaces the base rate for its length
+        extra = 0.0
+        for b in cam.bursts:
+            if b.fps is None:  # as fast as the writer goes: no honest total
+                extra = float("nan")
+                break
+            extra += b.seconds * (b.fps - cam.fps)
+        if extra == extra:  # not NaN
+            est = int(cam.duration * cam.fps + extra)
+            total = est if total is None else min(total, est)
     return {
         "type": "progress",
         "name": cam.name,

@@ -60,7 +60,8 @@ class CustomWriter:
         A WriterService to share with other writers (e.g. a CV2Writer for a
         second camera); by default the writer starts and owns one.
     ring_bytes
-        Shared memory for the ring, split between positions.
+        Shared memory for the rings, split between positions (each gets at
+        least 64 MiB, so that a position's ring always holds a few frames).
     policy
         Full-ring policy: "block" (default) or "drop".
     """
