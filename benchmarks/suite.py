@@ -12,9 +12,12 @@ b. the same frames through pymmcore-plus OMETiffWriter, ome-writers and plain
 c. the DemoCamera through pymmcore-plus: highest drop-free burst rate with
    mesowriter (acquisition thread; relay for reference) vs a do-nothing slot.
 d. acquisition-side cost per frame (time in `Stream.write`, paced below disk
-   speed so no wait is included) vs a bare memcpy of the same frames into
-   ring-sized shared memory in the same process (and, for reference, into
-   one cache-warm buffer, which no ring can use).
+   speed so no wait is included) vs a bare memcpy of the same frame into
+   ring-sized shared memory, timed next to each write (before it on even
+   frames, after it on odd ones, so neither always finds the source frame in
+   cache) so both meet the same load (the writer draining, other processes);
+   for reference also
+   against the same copy and one cache-warm buffer timed on a quiet machine.
 e. video fps per working codec and size: the encoder in this process vs 1,
    2 and N parallel video streams (one writer process each).
 f. memory: peak RSS of every process and peak dirty page cache in (a), (b).
@@ -129,7 +132,12 @@ def bench_paced_cost(
 ) -> dict[str, Any]:
     """(d): time in Stream.write with the ring never full, vs bare memcpy."""
     cam = SyntheticCamera(
-        name="paced", shape=shape, frames=frames, fps=fps, policy="block"
+        name="paced",
+        shape=shape,
+        frames=frames,
+        fps=fps,
+        policy="block",
+        memcpy_alongside=True,
     )
     res = run_cameras([cam], scratch)[0]
     for suffix in ("", "_report.json", "_frame_metadata.json", "_journal.ndjson"):
@@ -141,15 +149,18 @@ def bench_paced_cost(
         "write_cost_max_s",
         "bare_memcpy_s",
         "bare_memcpy_ring_s",
+        "memcpy_alongside_mean_s",
+        "memcpy_alongside_median_s",
         "fps_sent",
     )
     out = {k: res[k] for k in keys}
     out["blocked_seconds"] = res["report"]["blocked_seconds"]
     out["frames_dropped"] = res["report"]["frames_dropped"]
-    # Target ratio: against the same copy into ring-sized memory (what any
-    # ring pays); the ratio to one cache-warm buffer is kept alongside.
-    out["ratio_mean"] = res["write_cost_mean_s"] / res["bare_memcpy_ring_s"]
-    out["ratio_median"] = res["write_cost_median_s"] / res["bare_memcpy_ring_s"]
+    # Target ratio: against the same copy into ring-sized memory timed next to
+    # each write (same load); quiet-machine copies are kept for reference.
+    out["ratio_mean"] = res["write_cost_mean_s"] / res["memcpy_alongside_mean_s"]
+    out["ratio_median"] = res["write_cost_median_s"] / res["memcpy_alongside_median_s"]
+    out["ratio_mean_quiet_ring"] = res["write_cost_mean_s"] / res["bare_memcpy_ring_s"]
     out["ratio_mean_warm_buffer"] = res["write_cost_mean_s"] / res["bare_memcpy_s"]
     return out
 
@@ -405,9 +416,13 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "d acquisition cost",
                 f"write {d['write_cost_mean_s'] * 1e3:.3f} ms (median "
                 f"{d['write_cost_median_s'] * 1e3:.3f}) vs memcpy into "
-                f"ring-sized memory {d['bare_memcpy_ring_s'] * 1e3:.3f} ms = "
-                f"{d['ratio_mean']:.2f}x (vs one warm buffer "
-                f"{d['bare_memcpy_s'] * 1e3:.3f} ms: "
+                f"ring-sized memory beside it "
+                f"{d['memcpy_alongside_mean_s'] * 1e3:.3f} ms (median "
+                f"{d['memcpy_alongside_median_s'] * 1e3:.3f}) = "
+                f"{d['ratio_mean']:.2f}x mean, {d['ratio_median']:.2f}x median "
+                f"(quiet machine: ring-sized {d['bare_memcpy_ring_s'] * 1e3:.3f}"
+                f" ms = {d['ratio_mean_quiet_ring']:.2f}x, one warm buffer "
+                f"{d['bare_memcpy_s'] * 1e3:.3f} ms = "
                 f"{d['ratio_mean_warm_buffer']:.2f}x)",
                 "<= 1.2x",
                 verdict("d", d["ratio_mean"]),

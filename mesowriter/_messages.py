@@ -39,6 +39,8 @@ class OpenStream(msgspec.Struct, frozen=True, tag=True):
 
 class Doorbell(msgspec.Struct, frozen=True, tag=True, gc=False):
     stream_id: int
+    # Frames published so far; -1: read the ring's write cursor (x86-64).
+    published: int = -1
 
 
 class WantSpace(msgspec.Struct, frozen=True, tag=True, gc=False):

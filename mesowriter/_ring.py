@@ -12,8 +12,15 @@ replacement worker can resume from it alone::
 Frame `seq` lives in slot `seq % n_slots`. The producer (the acquisition
 process) only ever advances `write_cursor`; the worker only ever advances
 `read_cursor`. A slot is free for frame `seq` once `seq - read_cursor <
-n_slots`. Each cursor is an aligned 8-byte word with a single writer, and
-every hand-over also crosses a pipe (a system call), so no lock is needed.
+n_slots`. Each cursor is an aligned 8-byte word with a single writer, so no
+lock is needed. A third word, `worker_asleep`, tells the producer whether
+the worker waits on its pipe; the producer rings the doorbell only then, so
+that a busy worker is not woken once per frame (see `Stream.write`).
+
+Ordering: pixels are copied before `write_cursor` moves. On x86-64 stores
+become visible in program order, so a worker that sees the cursor sees the
+pixels. On other CPUs the producer rings the doorbell after every frame: the
+pipe's kernel lock orders the stores for the worker that reads it.
 
 Only the creator unlinks the block, exactly once. Attaching processes never
 let their resource tracker claim it.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import platform
 import sys
 from collections.abc import Iterator
 from contextlib import suppress
@@ -34,14 +42,28 @@ import numpy as np
 
 PAGE = 4096
 MAGIC = 0x4D45534F52494E47  # "MESORING"
-RING_VERSION = 1
+RING_VERSION = 2
 DEFAULT_METADATA_BYTES = 32 * 1024
 MAX_SLOTS = 4096
 
 # Header words (uint64 indices into the header page).
 _MAGIC, _VERSION, _NSLOTS, _STRIDE, _PREFIX, _FRAME_NBYTES = 0, 1, 2, 3, 4, 5
 _META_CAP, _DATA_OFFSET, _WRITE, _READ, _BYTES_WRITTEN = 6, 7, 8, 9, 10
+_ASLEEP = 11
 _HEADER_WORDS = 16
+
+
+# CPUs whose stores other cores see in program order (total store order).
+# MESOWRITER_PIPE_EVERY_FRAME=1 forces the other CPUs' protocol (for tests).
+STORES_IN_ORDER = os.environ.get(
+    "MESOWRITER_PIPE_EVERY_FRAME"
+) != "1" and platform.machine().lower() in {
+    "x86_64",
+    "amd64",
+    "i386",
+    "i686",
+    "x86",
+}
 
 
 def round_up(n: int, to: int = PAGE) -> int:
@@ -208,6 +230,15 @@ class FrameRing:
     @bytes_written.setter
     def bytes_written(self, value: int) -> None:
         self._header[_BYTES_WRITTEN] = value
+
+    @property
+    def worker_asleep(self) -> bool:
+        """Set by the worker just before it waits on its pipe."""
+        return bool(self._header[_ASLEEP])
+
+    @worker_asleep.setter
+    def worker_asleep(self, value: bool) -> None:
+        self._header[_ASLEEP] = int(value)
 
     def fill(self) -> int:
         """Frames published but not yet written."""

@@ -24,7 +24,7 @@ from mesowriter._errors import FrameRejected, WriterError, error_from_remote
 from mesowriter._journal import atomic_write
 from mesowriter._metadata import MetadataEncoder
 from mesowriter._report import StreamReport
-from mesowriter._ring import FrameRing
+from mesowriter._ring import STORES_IN_ORDER, FrameRing
 from mesowriter._spec import StreamSpec, report_path
 
 if TYPE_CHECKING:
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from mesowriter._service import WorkerHandle, WriterService
 
 POLICIES = ("block", "drop")
+# A sleeping worker is woken once this much waits in the ring (it also wakes
+# itself every _worker.NAP_SECONDS), so a fast camera pays one wake-up for
+# several frames, not one each.
+WAKE_BYTES = 32 * 1024 * 1024
 
 
 def _now() -> str:
@@ -61,6 +65,9 @@ class Stream:
         self._dtype = np.dtype(spec.dtype)
         self._encoder = MetadataEncoder()
         self._doorbell = m.encoder.encode(m.Doorbell(spec.stream_id))
+        self._bell_frames = max(
+            1, min(ring.n_slots // 4, WAKE_BYTES // ring.layout.frame_nbytes)
+        )
         self._lock = threading.Lock()
         self._space = threading.Event()
         self.opened = threading.Event()
@@ -125,7 +132,11 @@ class Stream:
                 if self.policy == "drop":
                     self._drops["ring_full"].append(index)
                     return False
-                self._wait_for_space(seq)
+                try:
+                    self._wait_for_space(seq)
+                except WriterError:  # the stream failed while this frame waited
+                    self._drops["stream_error"].append(index)
+                    raise
             np.copyto(ring.pixels(seq), arr, casting="equiv")
             if not ring.put_metadata(seq, index, meta):
                 self._truncated.append(index)
@@ -138,7 +149,13 @@ class Stream:
                 self._high_water = fill
             if self._t_first is None:
                 self._t_first = time.perf_counter()
-            self.worker.send_raw(self._doorbell)
+            if not STORES_IN_ORDER:  # the pipe orders the stores: every frame
+                self.worker.send(m.Doorbell(self.spec.stream_id, seq + 1))
+            elif fill >= self._bell_frames and ring.worker_asleep:
+                # Waking the worker costs this thread more than the pipe write
+                # (a cross-CPU wake-up, on a VM an IPI): only when it sleeps
+                # and enough frames wait.
+                self.worker.send_raw(self._doorbell)
             return True
 
     def _wait_for_space(self, seq: int) -> None:
@@ -219,6 +236,7 @@ class Stream:
         self.worker = worker
         self.restarts += 1
         worker.send(m.OpenStream(self.spec, self._ring.layout, resume=True))
+        worker.send(m.Doorbell(self.spec.stream_id, self._published))
         if self._close_msg is not None:
             worker.send(self._close_msg)
         self._space.set()  # a blocked producer asks the new worker again

@@ -9,7 +9,9 @@
       meta JSON   -> ring meta  ===shm===>       SlotFrames (views, no copy)
       write_cursor += 1                          sink.write(batch)  -> data file
       Doorbell ----------------pipe------->      journal.append()   -> journal
-                                                 read_cursor += n   (slot free)
+        (only to a sleeping worker, once         read_cursor += n   (slot free)
+         a few frames wait; a worker with        (asleep: wait on the pipe, at
+         streams also wakes itself)               most NAP_SECONDS at a time)
       (full ring) WantSpace ---pipe------->      ... Space once a slot is free
       Monitor thread <---------pipe--------      StreamOpened / Failed / Closed
       Monitor thread <-- process sentinel --     (worker death)
@@ -33,11 +35,14 @@ from mesowriter import _messages as m
 from mesowriter._errors import remote_error
 from mesowriter._faults import Faults
 from mesowriter._journal import Journal, atomic_write, iter_records, write_sidecar
-from mesowriter._ring import FrameRing, RingLayout
+from mesowriter._ring import STORES_IN_ORDER, FrameRing, RingLayout
 from mesowriter._spec import StreamSpec, journal_path, report_path, sidecar_path
 from mesowriter.sinks import FrameBatch, SlotFrame, sink_class
 
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+# A worker with open streams wakes itself this often to look at the rings, so
+# that producers need not wake it for every frame (see Stream.write).
+NAP_SECONDS = 0.01
 
 
 class StreamRunner:
@@ -69,6 +74,10 @@ class StreamRunner:
             self.journal = Journal.create(jpath, spec)
         self.next = self.journal.records
         self.ring.read_cursor = self.next
+        # Where stores may be seen out of order, only frames a pipe message
+        # announced are safe to read; on x86-64 the write cursor says it all.
+        self.announced: int | None = None if STORES_IN_ORDER else self.next
+        self.max_batch_bytes = MAX_BATCH_BYTES
 
     def _reopen_fresh(self) -> None:
         """A worker died before its first frame: start the file again."""
@@ -81,20 +90,25 @@ class StreamRunner:
     def failed(self) -> bool:
         return self.error is not None
 
+    def published(self) -> int:
+        """Frames the producer has published that this worker may read."""
+        cursor = self.ring.write_cursor
+        return cursor if self.announced is None else min(cursor, self.announced)
+
+    def announce(self, published: int) -> None:
+        if self.announced is not None:
+            self.announced = max(self.announced, published)
+
     def pending(self) -> bool:
-        return (
-            not self.failed
-            and self.report is None
-            and (self.ring.write_cursor > self.next)
-        )
+        return not self.failed and self.report is None and self.published() > self.next
 
     def step(self) -> int:
         """Write the next run of published frames; return how many."""
         ring = self.ring
-        stop = ring.write_cursor
+        stop = self.published()
         if self.next >= stop:
             return 0
-        first, count = next(ring.runs(self.next, stop, MAX_BATCH_BYTES))
+        first, count = next(ring.runs(self.next, stop, self.max_batch_bytes))
         frames = []
         for seq in range(first, first + count):
             index, meta = ring.get_metadata(seq)
@@ -105,10 +119,17 @@ class StreamRunner:
             prefixes=[ring.prefix(s) for s in range(first, first + count)],
             slot_stride=ring.stride,
         )
-        self.faults.before_write(self.next, count)
         t0 = time.perf_counter()
-        nbytes = self.sink.write(batch)
-        self.write_seconds += time.perf_counter() - t0
+        try:
+            self.faults.before_write(self.next, count)
+            nbytes = self.sink.write(batch)
+        except OSError:
+            if count == 1 or not self.sink.retry_by_frame:
+                raise
+            self.max_batch_bytes = 1  # keep every frame that still fits
+            return 0
+        finally:
+            self.write_seconds += time.perf_counter() - t0
         self.faults.after_write(self.next, self.next + count)
         self.journal.append(
             [(f.index, first + j, f.metadata) for j, f in enumerate(frames)]
@@ -207,11 +228,8 @@ class Worker:
     def run(self) -> None:
         while True:
             if not self._busy():
-                waitables: list[Any] = [self.inbound]
-                if self.parent_sentinel is not None:
-                    waitables.append(self.parent_sentinel)
-                ready = connection.wait(waitables)
-                if self.inbound not in ready:
+                ready = self._sleep()
+                if ready and self.inbound not in ready:
                     self._orphaned()
                     return
             while self.inbound.poll():
@@ -227,6 +245,28 @@ class Worker:
                 self._handle(msg)
             self._work()
 
+    def _sleep(self) -> list[Any]:
+        """Wait for a message, the parent's death or (with streams open) a nap.
+
+        Each ring's `worker_asleep` flag tells its producer to ring the
+        doorbell; the rings are looked at again after setting it, so a frame
+        published meanwhile is not left waiting for the nap to end.
+        """
+        waitables: list[Any] = [self.inbound]
+        if self.parent_sentinel is not None:
+            waitables.append(self.parent_sentinel)
+        rings = [r.ring for r in self.streams.values() if r.report is None]
+        for ring in rings:
+            ring.worker_asleep = True
+        try:
+            if self._busy():
+                return [self.inbound]
+            nap = NAP_SECONDS if rings and STORES_IN_ORDER else None
+            return list(connection.wait(waitables, timeout=nap))
+        finally:
+            for ring in rings:
+                ring.worker_asleep = False
+
     def _busy(self) -> bool:
         if any(r.pending() for r in self.streams.values()):
             return True
@@ -234,6 +274,9 @@ class Worker:
 
     def _handle(self, msg: m.ToWorker) -> None:
         if isinstance(msg, m.Doorbell):
+            runner = self.streams.get(msg.stream_id)
+            if runner is not None:
+                runner.announce(msg.published)
             return
         if isinstance(msg, m.WantSpace):
             self.wants[msg.stream_id] = msg.seq
@@ -242,6 +285,9 @@ class Worker:
             self._open(msg)
         elif isinstance(msg, m.CloseStream):
             self.closing[msg.stream_id] = msg
+            runner = self.streams.get(msg.stream_id)
+            if runner is not None:
+                runner.announce(msg.published)
 
     def _open(self, msg: m.OpenStream) -> None:
         sid = msg.spec.stream_id
@@ -308,6 +354,7 @@ class Worker:
         no parent is left to write it.
         """
         for runner in self.streams.values():
+            runner.announced = None  # the producer is gone: its stores are seen
             while runner.pending():
                 try:
                     runner.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,27 @@ def test_index_frames_read_back_value_by_value(
     assert (
         on_disk.frames_written == 40 and on_disk.bytes_written == report.bytes_written
     )
+
+
+def test_a_lone_frame_reaches_the_disk_without_close_or_doorbell(
+    service: WriterService, tmp_path: Path
+) -> None:
+    # A producer wakes a sleeping worker only once several frames wait; a
+    # slow camera's single frame is still written promptly (the worker naps).
+    path = tmp_path / "lone.ome.tiff"
+    stream = service.open_stream(
+        path, shape=(2048, 2048), dtype="uint16", ring_bytes=256 << 20
+    )
+    assert stream._bell_frames > 1
+    for i in range(2):
+        assert stream.write(index_frame(i, (2048, 2048)), {"i": i})
+        deadline = time.monotonic() + 10
+        while stream.frames_written < i + 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert stream.frames_written == i + 1
+        with tifffile.TiffFile(path) as tf:  # on disk and declared, while open
+            assert len(tf.series[0]) == i + 1
+    assert stream.close().frames_written == 2
 
 
 def test_several_streams_at_once_keep_their_own_order(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ def test_two_cameras_paced_with_jitter_and_burst(tmp_path: Path) -> None:
             fps=20,
             frames=30,
             bursts=(Burst(start=0.2, seconds=0.1, fps=500.0),),
+            memcpy_alongside=True,
         ),
     ]
     seen: list[dict[str, object]] = []
@@ -59,6 +60,9 @@ def test_two_cameras_paced_with_jitter_and_burst(tmp_path: Path) -> None:
     assert b["frames_sent"] == 30
     # the burst made b finish faster than 30 frames at 20 fps (1.5 s)
     assert b["seconds_sending"] < 1.4
+    # b also timed a bare copy beside each write (bench section d); a did not
+    assert a["memcpy_alongside_mean_s"] is None
+    assert 0 < b["memcpy_alongside_median_s"] <= b["memcpy_alongside_mean_s"] * 10
     for r, cam in zip(res, cams, strict=True):
         rep = r["report"]
         assert rep["frames_dropped"] == 0 and rep["error"] is None

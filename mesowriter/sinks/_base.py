@@ -49,6 +49,10 @@ class Sink(abc.ABC):
     # Bytes a sink may fill in front of each frame's pixels in its ring slot
     # (the TIFF sink puts each frame's IFD there). Must be a multiple of 4096.
     slot_prefix: ClassVar[int] = 0
+    # True if a write() that raises leaves the file as it was, so that the
+    # batch can be tried again frame by frame (a full disk keeps every frame
+    # that still fits).
+    retry_by_frame: ClassVar[bool] = False
 
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec

@@ -132,6 +132,7 @@ class OmeTiffSink(Sink):
 
     kind: ClassVar[str] = "ome-tiff"
     slot_prefix: ClassVar[int] = IFD_PAGE
+    retry_by_frame = True  # a frame counts once its IFD is linked
 
     def __init__(self, spec: StreamSpec) -> None:
         super().__init__(spec)
