@@ -82,6 +82,23 @@ def run_demo(
             watcher.join()
         writer.close()
         core.unloadAllDevices()
+    if on_progress is not None:  # the final figures, from the reports
+        for key, r in writer.reports.items():
+            on_progress(
+                {
+                    "type": "progress",
+                    "final": True,
+                    "name": f"demo {key}",
+                    "t": time.perf_counter() - t0,
+                    "frames": r.frames_received,
+                    "written": r.frames_written,
+                    "bytes": r.bytes_written,
+                    "ring_fill": 0.0,
+                    "drops": r.frames_dropped,
+                    "total": frames,
+                    "seconds": r.seconds,
+                }
+            )
     return list(writer.reports.values()), elapsed
 
 

@@ -38,6 +38,8 @@ class LiveProgress:
     ) -> None:
         self._live.update(self._table())
         self._live.__exit__(exc_type, exc, tb)
+        if not self._live.console.is_terminal:
+            self._live.console.line()  # a log file gets the table's last line ended
 
     def update(self, msg: dict[str, Any]) -> None:
         if msg.get("type", "progress") != "progress":
@@ -45,7 +47,10 @@ class LiveProgress:
         name = str(msg.get("name", "stream"))
         prev = self._prev.get(name)
         row = dict(msg)
-        if prev is not None and msg["t"] > prev["t"]:
+        if msg.get("final") and msg.get("seconds"):  # the whole run's rate
+            row["fps"] = msg["written"] / msg["seconds"]
+            row["gbps"] = msg["bytes"] / msg["seconds"] / 1e9
+        elif prev is not None and msg["t"] > prev["t"]:
             dt = msg["t"] - prev["t"]
             # the writer's rate, like GB/s (frames received may have stopped)
             row["fps"] = (msg["written"] - prev["written"]) / dt

@@ -39,11 +39,13 @@ def _demo(args: argparse.Namespace) -> int:
             f"frames:   {r.frames_written}/{r.frames_expected} written, "
             f"{r.frames_dropped} dropped, finish: {r.finish_reason}"
         )
+        fps = r.frames_written / r.seconds if r.seconds > 0 else 0.0
         print(
-            f"speed:    {r.frames_written / elapsed:.0f} fps, "
-            f"{r.bytes_written / elapsed / 1e9:.2f} GB/s end to end; "
-            f"ring high-water {r.ring_high_water}/{r.ring_slots} slots, "
-            f"blocked {r.blocked_seconds:.3f} s, direct I/O {r.sink.get('direct_io')}"
+            f"speed:    {fps:.0f} fps, {r.throughput_gbps:.2f} GB/s from the first "
+            f"frame to the closed file ({elapsed:.1f} s in all, with the writer "
+            f"process starting); ring high-water {r.ring_high_water}/"
+            f"{r.ring_slots} slots, blocked {r.blocked_seconds:.3f} s, "
+            f"direct I/O {r.sink.get('direct_io')}"
         )
     return 1 if dropped else 0
 

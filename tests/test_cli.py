@@ -30,6 +30,19 @@ def test_demo_json_exit_zero(tmp_path: Path) -> None:
     assert Path(rep["path"]).is_file()
 
 
+def test_demo_live_view_ends_with_the_final_figures(tmp_path: Path) -> None:
+    p = _run("demo", "--frames", "20", "--size", "256", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    # the live table (stderr) ends on the finished stream: 20 of 20 written
+    last_row = [line for line in p.stderr.splitlines() if "demo p0" in line][-1]
+    cells = [c.strip() for c in last_row.strip("│ ").split("│")]
+    assert cells[:3] == ["demo p0", "20/20", "20"] and cells[6] == "0", cells
+    assert float(cells[3]) > 0  # the run's fps, not the last sample's
+    out = p.stdout
+    assert "frames:   20/20 written, 0 dropped, finish: completed" in out
+    assert "from the first frame to the closed file" in out
+
+
 def test_stress_burst_json(tmp_path: Path) -> None:
     p = _run("stress", "burst", "--size", "128", "--json", "--dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
