@@ -545,6 +545,14 @@ def _plots(res: dict[str, Any], out: Path) -> list[Path]:
         rate[f"{r['name']} (accepted)"] = plots.rate_from_events(
             r["frame_times"], nbytes, 0.5
         )
+        # What a buffered writer accepts is not on disk: its mean durable rate
+        # (bytes over time to fsync) as a flat segment beside it.
+        if r.get("seconds_durable"):
+            bps = r["bytes"] / r["seconds_durable"]
+            rate[f"{r['name']} (durable, mean)"] = [
+                (0.0, bps),
+                (r["seconds_durable"], bps),
+            ]
     if rate:
         made.append(
             plots.plot_throughput(rate, out / "throughput.png", ceiling_bps=raw_bps)

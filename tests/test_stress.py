@@ -7,6 +7,8 @@ soak length (default 10) and MESOWRITER_STRESS_DIR where files go.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,12 @@ pytestmark = pytest.mark.stress
 
 
 @pytest.fixture
-def out(tmp_path: Path) -> Path:
+def out(tmp_path: Path) -> Iterator[Path]:
+    """Where a stress run writes; removed afterwards (the soak writes ~30 GB)."""
     parent = os.environ.get("MESOWRITER_STRESS_DIR")
-    return Path(parent) / tmp_path.name if parent else tmp_path
+    folder = Path(parent) / tmp_path.name if parent else tmp_path
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_soak_memory_flat(out: Path) -> None:
