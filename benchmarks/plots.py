@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "Series",
+    "peer_traces",
     "plot_dirty_pages",
     "plot_peer_results",
     "plot_ring_fill",
@@ -153,6 +154,20 @@ def plot_dirty_pages(
     return plot_series(series, path, title=title, ylabel="Dirty (MiB)", scale=_MIB)
 
 
+def peer_traces(
+    r: Mapping[str, Any], window: float = 0.25
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """A peer's (dirty bytes, accepted bytes/s) over time from its result dict."""
+    off = r.get("t_offset", 0.0)
+    dirty = [
+        (s["t"] - off, float(s["dirty_bytes"]))
+        for s in r["series"]
+        if s.get("dirty_bytes") is not None
+    ]
+    nbytes = r["bytes"] // max(r["frames"], 1)
+    return dirty, rate_from_events(r["frame_times"], nbytes, window)
+
+
 def plot_peer_results(
     results: Sequence[Mapping[str, Any]], outdir: str | os.PathLike[str]
 ) -> list[Path]:
@@ -165,14 +180,7 @@ def plot_peer_results(
         if "series" not in r:  # raw baseline: a single figure, not a trace
             ceiling = r.get("gbps", 0.0) * 1e9 or None
             continue
-        off = r.get("t_offset", 0.0)
-        dirty[r["name"]] = [
-            (s["t"] - off, float(s["dirty_bytes"]))
-            for s in r["series"]
-            if s.get("dirty_bytes") is not None
-        ]
-        nbytes = r["bytes"] // max(r["frames"], 1)
-        rate[r["name"]] = rate_from_events(r["frame_times"], nbytes)
+        dirty[r["name"]], rate[r["name"]] = peer_traces(r)
     return [
         plot_dirty_pages(dirty, out / "dirty_pages.png"),
         plot_throughput(

@@ -535,16 +535,7 @@ def _plots(res: dict[str, Any], out: Path) -> list[Path]:
     for r in res.get("b", []):
         if "series" not in r:
             continue
-        off = r.get("t_offset", 0.0)
-        dirty[r["name"]] = [
-            (s["t"] - off, float(s["dirty_bytes"]))
-            for s in r["series"]
-            if s.get("dirty_bytes") is not None
-        ]
-        nbytes = r["bytes"] // max(r["frames"], 1)
-        rate[f"{r['name']} (accepted)"] = plots.rate_from_events(
-            r["frame_times"], nbytes, 0.5
-        )
+        dirty[r["name"]], rate[f"{r['name']} (accepted)"] = plots.peer_traces(r, 0.5)
         # What a buffered writer accepts is not on disk: its mean durable rate
         # (bytes over time to fsync) as a flat segment beside it.
         if r.get("seconds_durable"):

@@ -77,7 +77,8 @@ class StreamRunner:
         # Where stores may be seen out of order, only frames a pipe message
         # announced are safe to read; on x86-64 the write cursor says it all.
         self.announced: int | None = None if STORES_IN_ORDER else self.next
-        self.max_batch_bytes = MAX_BATCH_BYTES
+        # After a failed batch its frames are tried again one at a time.
+        self.by_frame_until = 0
 
     def _reopen_fresh(self) -> None:
         """A worker died before its first frame: start the file again."""
@@ -108,7 +109,8 @@ class StreamRunner:
         stop = self.published()
         if self.next >= stop:
             return 0
-        first, count = next(ring.runs(self.next, stop, self.max_batch_bytes))
+        max_bytes = 1 if self.next < self.by_frame_until else MAX_BATCH_BYTES
+        first, count = next(ring.runs(self.next, stop, max_bytes))
         frames = []
         for seq in range(first, first + count):
             index, meta = ring.get_metadata(seq)
@@ -126,7 +128,7 @@ class StreamRunner:
         except OSError:
             if count == 1 or not self.sink.retry_by_frame:
                 raise
-            self.max_batch_bytes = 1  # keep every frame that still fits
+            self.by_frame_until = first + count  # keep every frame that still fits
             return 0
         finally:
             self.write_seconds += time.perf_counter() - t0
@@ -142,9 +144,17 @@ class StreamRunner:
         return count
 
     def idle(self) -> None:
-        """Nothing to write right now: let readers see what is on disk."""
-        with suppress(Exception):
+        """Nothing to write right now: let readers see what is on disk.
+
+        A failure here loses no frame (the final OME-XML is written at close)
+        but is kept for the report, once.
+        """
+        try:
             self.sink.flush(force=True)
+        except Exception as exc:
+            note = f"updating the provisional OME-XML: {exc!r}"
+            if note not in self.secondary_errors:
+                self.secondary_errors.append(note)
 
     def fail(self, exc: BaseException) -> None:
         """Stop writing; finalise what made it to disk."""

@@ -129,17 +129,22 @@ def _print_stress(name: str, res: dict[str, Any]) -> None:
     )
 
 
+def _failed(args: argparse.Namespace, verb: str, exc: Exception) -> int:
+    """Say why `verb` failed on args.path (JSON on stdout with --json); exit 1."""
+    if args.json:
+        print(json.dumps({"path": args.path, "error": str(exc)}))
+    else:
+        print(f"cannot {verb}: {exc}", file=sys.stderr)
+    return 1
+
+
 def _recover(args: argparse.Namespace) -> int:
     from mesowriter._recover import RecoverError, recover
 
     try:
         result = recover(args.path, overwrite_sidecar=not args.keep_sidecar)
     except (RecoverError, OSError) as exc:
-        if args.json:
-            print(json.dumps({"path": args.path, "error": str(exc)}))
-        else:
-            print(f"cannot recover: {exc}", file=sys.stderr)
-        return 1
+        return _failed(args, "recover", exc)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))
         return 0
@@ -168,11 +173,7 @@ def _inspect(args: argparse.Namespace) -> int:
             info["sidecar_exported"] = args.sidecar
             info["sidecar_frames"] = sum(len(v) for v in data.values())
     except (OSError, ValueError) as exc:
-        if args.json:
-            print(json.dumps({"path": args.path, "error": str(exc)}))
-        else:
-            print(f"cannot inspect: {exc}", file=sys.stderr)
-        return 1
+        return _failed(args, "inspect", exc)
     if args.json:
         print(json.dumps(info))
         return 0

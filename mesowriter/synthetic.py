@@ -352,31 +352,18 @@ def _bare_memcpy_ring(srcs: list[Any], ring_bytes: int, repeats: int = 40) -> fl
     destination changes every frame (it must not overwrite frames the disk
     has not taken yet), so, unlike one reused buffer, it is never in cache.
     """
-    from multiprocessing import shared_memory
-
-    nbytes = srcs[0].nbytes
-    slots = max(2, min(ring_bytes // nbytes, 4096))
-    shm = shared_memory.SharedMemory(create=True, size=slots * nbytes)
+    block = _RingSizedBlock(srcs[0], ring_bytes)
     try:
-        assert shm.buf is not None
-        block = np.ndarray((slots, *srcs[0].shape), srcs[0].dtype, shm.buf)
-        block[:, 0] = 0  # touch: a cold page would copy ten times slower
-        for k in range(slots):
-            np.copyto(block[k], srcs[k % len(srcs)])
-        n = max(repeats, slots)
-        t0 = time.perf_counter()
-        for k in range(n):
-            np.copyto(block[k % slots], srcs[k % len(srcs)])
-        cost = (time.perf_counter() - t0) / n
-        del block
+        for k in range(block.slots):  # every slot written once, as a ring is
+            block.copy_in(k, srcs[k % len(srcs)])
+        n = max(repeats, block.slots)
+        return sum(block.copy_in(k, srcs[k % len(srcs)]) for k in range(n)) / n
     finally:
-        shm.close()
-        shm.unlink()
-    return float(cost)
+        block.close()
 
 
 class _RingSizedBlock:
-    """Shared memory the size of the ring, for a bare copy beside each write."""
+    """Shared memory the size of the ring, for timing bare copies of frames."""
 
     def __init__(self, frame: np.ndarray, ring_bytes: int) -> None:
         from multiprocessing import shared_memory
