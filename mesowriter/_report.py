@@ -54,7 +54,24 @@ class StreamReport(msgspec.Struct, kw_only=True):
     @property
     def ok(self) -> bool:
         """True when every frame received was written and nothing failed."""
-        return self.error is None and self.frames_dropped == 0
+        return not self.problems()
+
+    def problems(self) -> list[str]:
+        """What the user must hear about: an error, frames not written,
+        metadata not kept, anything else that went wrong on the way."""
+        out = [self.error] if self.error else []
+        if self.frames_dropped:
+            out.append(
+                f"{self.frames_dropped} frame(s) not written "
+                f"(indices {self.dropped_indices[:20]})"
+            )
+        if self.metadata_truncated:
+            out.append(
+                f"metadata of {len(self.metadata_truncated)} frame(s) too large "
+                f"for a ring slot, not kept (indices {self.metadata_truncated[:20]})"
+            )
+        out += self.secondary_errors
+        return out
 
     def to_json(self) -> bytes:
         return msgspec.json.format(msgspec.json.encode(self), indent=2)

@@ -331,6 +331,24 @@ class WriterService:
             self._wake_w.send_bytes(b"w")
 
     def _monitor_loop(self) -> None:
+        """Watch the workers; should the watching itself fail, no stream may
+        wait for a reply that will never come: each is failed with the cause."""
+        try:
+            self._watch_workers()
+        except BaseException:
+            import traceback
+
+            cause = "the writer service's monitor thread failed:\n" + (
+                traceback.format_exc()
+            )
+            with self._lock:
+                streams = list(self._streams.values())
+            for stream in streams:
+                if not stream._closed.is_set():
+                    stream.on_worker_lost(cause)
+            raise
+
+    def _watch_workers(self) -> None:
         while True:
             with self._lock:
                 handles = list(self._workers.values())

@@ -113,7 +113,7 @@ class Stream:
             self._received += 1
             if self._error is not None:
                 self._drops["stream_error"].append(index)
-                raise self._error
+                raise self._failure()
             arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
             if arr.shape != self._shape or not np.can_cast(
                 arr.dtype, self._dtype, "equiv"
@@ -158,6 +158,14 @@ class Stream:
                 self.worker.send_raw(self._doorbell)
             return True
 
+    def _failure(self) -> WriterError:
+        """A new exception for each raise: re-raising one instance would grow
+        its traceback, and keep every caller's frame alive, call after call."""
+        assert self._error is not None
+        exc = WriterError(str(self._error))
+        exc.__cause__ = self._error.__cause__
+        return exc
+
     def _wait_for_space(self, seq: int) -> None:
         """Block until the worker frees a slot; the time is recorded."""
         ring = self._ring
@@ -166,7 +174,7 @@ class Stream:
         try:
             while seq - ring.read_cursor >= ring.n_slots:
                 if self._error is not None:
-                    raise self._error
+                    raise self._failure()
                 self._space.clear()
                 if seq - ring.read_cursor < ring.n_slots:
                     break
@@ -200,6 +208,8 @@ class Stream:
 
     @property
     def bytes_written(self) -> int:
+        if self._worker_report is not None:
+            return int(self._worker_report["bytes_written"])
         return self._ring.bytes_written if not self._closed.is_set() else 0
 
     @property
@@ -286,7 +296,16 @@ class Stream:
         self._ring.unlink()
 
     def _build_report(self, reason: str) -> StreamReport:
-        wr = self._worker_report or {}
+        wr = self._worker_report
+        if wr is None:  # the worker died for good: its ring says what is on disk
+            wr = {
+                "frames_written": self._ring.read_cursor,
+                "bytes_written": self._ring.bytes_written,
+                "secondary_errors": [
+                    "the file was not finalised; `mesowriter recover "
+                    f"{self.spec.path}` declares the frames on disk"
+                ],
+            }
         drops = {k: list(v) for k, v in self._drops.items()}
         written = int(wr.get("frames_written", 0))
         # Frames are written in the order published: the rest never made it.

@@ -164,27 +164,28 @@ class StreamRunner:
     def close(
         self,
         reason: str,
-        published: int | None = None,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Finalise file and sidecar (each step guarded); build the report.
 
         `extra` (sent with CloseStream) is merged over the spec's
-        `extra_metadata` into the sidecar's top level.
+        `extra_metadata` into the sidecar's top level. A step that fails
+        becomes the stream's error (or, after another error, a secondary
+        one), and the journal is kept for `mesowriter recover`.
         """
         if self.report is not None:
             return self.report
-        end = self.ring.write_cursor if published is None else published
-        lost = [self.ring.get_metadata(s)[0] for s in range(self.next, end)]
         # The journal is streamed, twice (file, then sidecar), never loaded:
         # finalising costs the same memory at 1 000 or 100 000 frames.
         jpath = self.journal.path
         self.journal.close()
         sink_summary: dict[str, Any] = {}
+        finalised = True
         try:
             sink_summary = self.sink.close(reason, iter_records(jpath))
         except Exception as exc:
-            self.secondary_errors.append(f"finalising the file: {exc!r}")
+            finalised = False
+            self._step_failed("finalising the file", exc)
             abort = getattr(self.sink, "abort", None)
             if abort is not None:
                 with suppress(Exception):
@@ -197,15 +198,14 @@ class StreamRunner:
                 {self.spec.position_key: (meta for _, meta in iter_records(jpath))},
                 extra={**(self.spec.extra_metadata or {}), **(extra or {})},
             )
-            if not self.secondary_errors:
+            if finalised:
                 self.journal.remove()
         except Exception as exc:
-            self.secondary_errors.append(f"writing the sidecar: {exc!r}")
+            self._step_failed("writing the sidecar", exc)
         self.report = {
             "frames_written": written,
             "bytes_written": self.ring.bytes_written,
             "write_seconds": self.write_seconds,
-            "lost_indices": lost,
             "sidecar": sidecar,
             "sink": sink_summary,
             "resumed_from": self.resumed_from,
@@ -213,6 +213,15 @@ class StreamRunner:
             "secondary_errors": self.secondary_errors,
         }
         return self.report
+
+    def _step_failed(self, step: str, exc: BaseException) -> None:
+        """A finalisation step failed: the stream's error unless it has one."""
+        if self.error is None:
+            self.error = msgspec.structs.replace(
+                remote_error(exc), message=f"{step}: {exc}"
+            )
+        else:
+            self.secondary_errors.append(f"{step}: {exc!r}")
 
     def release(self) -> None:
         """Unmap the ring (after the parent has its report: unmapping is slow)."""
@@ -340,7 +349,7 @@ class Worker:
             closing = self.streams.pop(sid, None)
             if closing is None:  # never opened here (a resume that failed)
                 continue
-            report = closing.close(close.reason, close.published, close.extra_metadata)
+            report = closing.close(close.reason, close.extra_metadata)
             self.send(m.StreamClosed(sid, report))
             closing.release()
 

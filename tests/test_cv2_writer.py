@@ -163,6 +163,27 @@ def test_direct_mode_checks_frames(tmp_path: Path, shared: WriterService) -> Non
     assert len(_read(tmp_path / "d.avi")) == 1
 
 
+def test_a_refused_frame_leaves_the_rest_of_the_video(
+    tmp_path: Path, shared: WriterService
+) -> None:
+    writer = CV2Writer(tmp_path / "gap.avi", fourcc="MJPG", service=shared)
+    writer.begin(W, H, is_color=False)
+    writer.add_frame(np.zeros((H, W), np.uint8))
+    with pytest.raises(mesowriter.FrameRejected):
+        writer.add_frame(np.zeros((H, W), np.uint16))  # refused: index 1
+    for k in range(5):
+        writer.add_frame(np.full((H, W), 10 * k, np.uint8), {"k": k})
+    with pytest.raises(mesowriter.WriterError, match=r"1 frame\(s\) not written"):
+        writer.finish()
+    report = writer.reports["p0"]
+    assert report.frames_written == 6 and report.dropped_indices == [1]
+    assert len(_read(tmp_path / "gap.avi")) == 6
+    records = json.loads(
+        Path(f"{tmp_path / 'gap.avi'}_frame_metadata.json").read_bytes()
+    )
+    assert [r["index"] for r in records["p0"]] == [0, 2, 3, 4, 5, 6]
+
+
 def test_16bit_fixed_mapping_through_the_pipeline(
     tmp_path: Path, shared: WriterService
 ) -> None:

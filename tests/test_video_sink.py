@@ -242,9 +242,10 @@ def test_bad_frame_raises_not_skipped(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="frame 0"):  # would abort libavcodec
         sink.write(_batch([np.zeros((H, W), np.uint8)]))
     sink.write(_batch([frame]))
-    with pytest.raises(VideoEncodeError, match="gaps"):
-        sink.write(_batch([frame], start=5))
-    assert sink.close("error")["frames_encoded"] == 1
+    sink.write(_batch([frame], start=5))  # frames 1-4 refused upstream: a gap
+    with pytest.raises(VideoEncodeError, match="out of order"):
+        sink.write(_batch([frame], start=5))  # but never a frame twice
+    assert sink.close("error")["frames_encoded"] == 2
 
 
 def test_configure_is_idempotent(

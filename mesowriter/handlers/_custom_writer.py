@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from mesowriter._errors import WriterError
+from mesowriter._errors import FrameRejected, WriterError
 from mesowriter._journal import atomic_write
 from mesowriter._metadata import CustomJSONEncoder, _plain
 from mesowriter._paths import position_path, prepare_output_path
@@ -102,6 +102,7 @@ class CustomWriter:
         self._key_by_p: dict[int, str] = {}
         self._open_failed: dict[str, str] = {}
         self._lost: dict[str, int] = {}
+        self._refused: set[str] = set()  # files whose stream refused a frame
         self._undelivered: WriterError | None = None
 
     @classmethod
@@ -154,7 +155,14 @@ class CustomWriter:
             if stream is None:  # its file could not be opened: counted, not retried
                 self._lost[key] = self._lost.get(key, 0) + 1
                 return
-            stream.write(img, meta if meta is not None else {"mda_event": event})
+            try:
+                stream.write(img, meta if meta is not None else {"mda_event": event})
+            except (FrameRejected, WriterError) as exc:
+                # Each such frame is in the stream's report (indices, reasons)
+                # and raised at sequenceFinished; the first cause is kept here.
+                if key not in self._refused:
+                    self._refused.add(key)
+                    self._record(f"frame {getattr(event, 'index', '?')}: {exc}", exc)
         except Exception as exc:
             self._record(f"frame {getattr(event, 'index', '?')}: {exc}", exc)
 
@@ -196,14 +204,8 @@ class CustomWriter:
                 self._record(f"closing {stream.spec.path}: {exc}", exc)
                 continue
             self.reports[key] = report
-            if report.error:
-                self._record(f"{report.path}: {report.error}", None)
-            elif report.frames_dropped:
-                self._record(
-                    f"{report.path}: {report.frames_dropped} frame(s) not written "
-                    f"(indices {report.dropped_indices[:20]})",
-                    None,
-                )
+            for problem in report.problems():
+                self._record(f"{report.path}: {problem}", None)
         self._streams.clear()
         self.frame_metadatas = self._load_sidecars()
         if self._multi:
@@ -282,6 +284,7 @@ class CustomWriter:
         self._canceled = False
         self._open_failed = {}
         self._lost = {}
+        self._refused = set()
 
     def _open(self, key: str, shape: tuple[int, ...], dtype: Any) -> Stream:
         n_files = max(1, len(self._expected))

@@ -262,14 +262,9 @@ class CV2Writer(CustomWriter):
             with open(report.sidecar, "rb") as fh:
                 records = json.load(fh).get(_DIRECT_KEY, [])
         self.frame_metadatas = {_DIRECT_KEY: records}
-        problem = report.error or (
-            f"{report.frames_dropped} frame(s) not written "
-            f"(indices {report.dropped_indices[:20]})"
-            if report.frames_dropped
-            else None
-        )
-        if problem:
-            self.error = WriterError(f"{report.path}: {problem}")
+        problems = report.problems()
+        if problems:
+            self.error = WriterError(f"{report.path}: {'; '.join(problems)}")
             raise self.error
         return report
 

@@ -18,6 +18,7 @@ OME-XML declares exactly the frames written.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import time
@@ -216,7 +217,12 @@ class OmeTiffSink(Sink):
             prefix[_SOFTWARE_AT : _SOFTWARE_AT + len(SOFTWARE)] = SOFTWARE
         end = lay.ifd_offset(first + count)
         if end > self._allocated:
-            self._reserve(max(end, self._allocated + GROW_BYTES))
+            try:
+                self._reserve(max(end, self._allocated + GROW_BYTES))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                self._reserve(end)  # a nearly full disk: room for this batch only
         f.pwrite(batch.span, lay.ifd_offset(first))
         if first > 0:  # link the previous frame to this batch
             struct.pack_into(

@@ -90,6 +90,7 @@ class VideoSink(Sink):
         self.layout = _layout(spec, self.opts)
         self.choice: CodecChoice | None = None
         self.frames_encoded = 0
+        self._last_index = -1
         self._writer: Any = None
         self._opened = False  # the file is ours to measure
         self._tone: Any = None  # ToneMap, or None for 16-bit lossless
@@ -222,10 +223,13 @@ class VideoSink(Sink):
                     f"frame {frame.index}: {pixels.shape} {pixels.dtype}, stream "
                     f"is {tuple(self.spec.shape)} {self.spec.dtype}"
                 )
-            if frame.index != self.frames_encoded:
+            # Indices are the stream's receipt order: a frame refused or
+            # dropped before the ring leaves a gap (in the report), but a frame
+            # repeated or out of order would corrupt the video.
+            if frame.index <= self._last_index:
                 raise VideoEncodeError(
-                    f"frame {frame.index} arrived, expected {self.frames_encoded}: "
-                    "a video cannot have gaps"
+                    f"frame {frame.index} arrived after frame {self._last_index}: "
+                    "out of order"
                 )
             out = self._prepare(pixels)
             try:
@@ -237,6 +241,7 @@ class VideoSink(Sink):
             if ok is False:  # cv2 5 reports per-frame failure
                 raise VideoEncodeError(f"encoder refused frame {frame.index}")
             self.frames_encoded += 1
+            self._last_index = frame.index
             nbytes += pixels.nbytes
         return nbytes
 
