@@ -19,13 +19,13 @@ from xml.etree import ElementTree
 import msgspec
 
 from mesowriter._journal import atomic_write
-from mesowriter._ome import sidecar_from_ome_xml
+from mesowriter._ome import pixels_planes, sidecar_from_ome_xml
 from mesowriter._spec import report_path, sidecar_path
+from mesowriter.sinks import VIDEO_SUFFIXES
 from mesowriter.sinks._tiff import tiff_suffix
 
 __all__ = ["export_sidecar", "inspect_file"]
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv")
 _OME = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 _TO_SECONDS = {
     "s": 1.0,
@@ -161,7 +161,7 @@ def _ome_summary(xml: str) -> dict[str, Any]:
         if px is None:
             continue
         if px.find(f"{_OME}MetadataOnly") is None:
-            declared += _planes_declared(px)
+            declared += pixels_planes(px)
         for ch in px.iter(f"{_OME}Channel"):
             out["channels"].append(ch.get("Name"))
         size = px.get("PhysicalSizeX")
@@ -180,15 +180,6 @@ def _ome_summary(xml: str) -> dict[str, Any]:
         out["time_span_s"] = max(times) - min(times)
         out["time_source"] = "ome:DeltaT"
     return out
-
-
-def _planes_declared(px: ElementTree.Element) -> int:
-    spp = 1
-    channel = px.find(f"{_OME}Channel")
-    if channel is not None:
-        spp = int(channel.get("SamplesPerPixel", "1"))
-    size_c = max(int(px.get("SizeC", "1")) // max(spp, 1), 1)
-    return int(px.get("SizeT", "1")) * int(px.get("SizeZ", "1")) * size_c
 
 
 # -- video --------------------------------------------------------------------------

@@ -692,3 +692,35 @@ def _acquisition_date(summary: dict[str, Any] | None, received: str | None) -> s
             except ValueError:
                 continue
     return ""
+
+
+def pixels_planes(px: Any) -> int:
+    """Planes one OME Pixels element declares (an ElementTree element).
+
+    SizeC counts the samples of RGB pixels, which share one plane.
+    """
+    spp = 1
+    channel = px.find(f"{{{_OME_NS}}}Channel")
+    if channel is not None:
+        spp = int(channel.get("SamplesPerPixel", "1"))
+    size_c = max(int(px.get("SizeC", "1")) // max(spp, 1), 1)
+    return int(px.get("SizeT", "1")) * int(px.get("SizeZ", "1")) * size_c
+
+
+def planes_declared(xml: str) -> int:
+    """Planes an OME-XML declares with data (MetadataOnly images hold none).
+
+    Raises ValueError if the XML cannot be parsed (a TIFF's trailing NUL is
+    allowed).
+    """
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml.rstrip("\x00"))
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"the OME-XML cannot be parsed: {exc}") from exc
+    total = 0
+    for px in root.iter(f"{{{_OME_NS}}}Pixels"):
+        if px.find(f"{{{_OME_NS}}}MetadataOnly") is None:
+            total += pixels_planes(px)
+    return total

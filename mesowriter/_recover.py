@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import msgspec
 import numpy as np
 
 from mesowriter._journal import JournalRecord, atomic_write, scan, write_sidecar
-from mesowriter._ome import build_ome_xml
+from mesowriter._ome import build_ome_xml, planes_declared
 from mesowriter._spec import StreamSpec, journal_path, report_path, sidecar_path
 from mesowriter.sinks._tiff import DATA_START, IFD_PAGE, XML_OFFSET, TiffLayout
 
@@ -119,7 +118,7 @@ def recover(
         )
     else:
         notes.append("kept the existing sidecar (overwrite_sidecar=False)")
-    declared = _declared_planes(xml)
+    declared = planes_declared(xml)
     report = _write_report(data_path, spec, kept, chain, len(records), declared, notes)
     os.unlink(jpath)
     return RecoverResult(
@@ -234,14 +233,6 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
     return os.read(fd, n)  # pragma: no cover - Windows
 
 
-def _declared_planes(xml: str) -> int:
-    match = re.search(r"<Pixels [^>]*>", xml)
-    if match is None:
-        return 0
-    sizes = dict(re.findall(r'Size([ZCT])="(\d+)"', match.group(0)))
-    return int(sizes.get("Z", 1)) * int(sizes.get("C", 1)) * int(sizes.get("T", 1))
-
-
 def _write_report(
     data_path: str,
     spec: StreamSpec,
@@ -301,7 +292,7 @@ def _without_journal(path: str) -> RecoverResult:
         recovered=False,
         frames_on_disk=chain,
         frames_in_journal=0,
-        frames_declared=_declared_planes(xml),
+        frames_declared=planes_declared(xml),
         sidecar=sidecar_path(path) if os.path.exists(sidecar_path(path)) else None,
         report=report_path(path) if os.path.exists(report_path(path)) else None,
         notes=["already finalised (no journal, final OME-XML in place): nothing to do"],

@@ -139,11 +139,11 @@ def _failed(args: argparse.Namespace, verb: str, exc: Exception) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from mesowriter._recover import RecoverError, recover
+    from mesowriter._recover import recover
 
     try:
         result = recover(args.path, overwrite_sidecar=not args.keep_sidecar)
-    except (RecoverError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # RecoverError is a ValueError
         return _failed(args, "recover", exc)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))
