@@ -20,7 +20,7 @@ def prepare_output_path(path: str | os.PathLike[str], overwrite: bool) -> str:
     raw = os.fspath(path)
     if not raw or raw.endswith(("/", os.sep)):
         raise ValueError(f"{raw!r} is not a file name")
-    target = Path(raw).expanduser().absolute()
+    target = Path(normalised_path(raw))
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a folder, not a data file name")
     journal = Path(journal_path(str(target)))
@@ -48,6 +48,11 @@ def prepare_output_path(path: str | os.PathLike[str], overwrite: bool) -> str:
             with suppress(FileNotFoundError):
                 os.unlink(stale)
     return str(target)
+
+
+def normalised_path(path: str | os.PathLike[str]) -> str:
+    """Absolute, `~` expanded, `..` resolved: one name per file, for comparing."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 def position_path(path: str, key: str) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 import psutil
 
 from mesowriter import _messages as m
-from mesowriter._paths import prepare_output_path
+from mesowriter._paths import normalised_path, prepare_output_path
 from mesowriter._ring import (
     DEFAULT_METADATA_BYTES,
     FrameRing,
@@ -47,7 +47,7 @@ from mesowriter._ring import (
     shm_available_bytes,
 )
 from mesowriter._spec import StreamSpec, VideoOptions
-from mesowriter._stream import Stream
+from mesowriter._stream import Stream, check_policy
 from mesowriter.sinks import kind_for_path, sink_class
 
 DEFAULT_RING_BYTES = 1 << 30
@@ -111,7 +111,7 @@ class WriterService:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.ring_bytes = int(ring_bytes)
-        self.policy = policy
+        self.policy = check_policy(policy)
         self.max_workers = max(
             workers, max_workers or max(workers, os.cpu_count() or 1)
         )
@@ -228,6 +228,8 @@ class WriterService:
             raise RuntimeError("this WriterService is closed")
         if frames is not None and frames < 0:
             raise ValueError("frames must be >= 0 or None")
+        if policy is not None:
+            check_policy(policy)  # before a ring is created and touched
         raw_path = os.fspath(path)
         if not raw_path.strip():
             raise ValueError("an empty path is not a file name")
@@ -258,10 +260,10 @@ class WriterService:
         sink_cls = sink_class(kind)
         sink_cls.check(spec)
         spec = sink_cls.prepare(spec)  # e.g. codec choice, warned about here
-        with self._lock:
-            abs_path = os.path.abspath(os.path.expanduser(raw_path))
-            if any(s.spec.path == abs_path for s in self._streams.values()):
-                raise ValueError(f"{abs_path} is already open in this service")
+        # Checked before prepare_output_path, which clears an overwritten
+        # file's old sidecar and journal, and again where the stream is
+        # registered (two threads may open the same path at once).
+        self._check_not_open(normalised_path(raw_path))
         spec = msgspec.structs.replace(
             spec, path=prepare_output_path(raw_path, overwrite)
         )
@@ -281,11 +283,13 @@ class WriterService:
         _check_memory(layout.total_bytes)
         ring = FrameRing.create(layout)
         try:
-            with self._lock:  # pick and claim at once: concurrent opens spread out
-                worker = self._pick_worker()
-                worker.streams.add(spec.stream_id)
-            stream = Stream(self, spec, ring, worker, policy or self.policy)
+            # Pick, claim and register at once: concurrent opens spread out,
+            # and a worker that dies now finds the stream among its orphans.
             with self._lock:
+                self._check_not_open(spec.path)
+                worker = self._pick_worker()
+                stream = Stream(self, spec, ring, worker, policy or self.policy)
+                worker.streams.add(spec.stream_id)
                 self._streams[spec.stream_id] = stream
             worker.send(m.OpenStream(spec, ring.layout))
             stream.opened.wait()
@@ -296,6 +300,11 @@ class WriterService:
             self._discard(spec.stream_id, ring)
             raise stream.open_error
         return stream
+
+    def _check_not_open(self, path: str) -> None:
+        with self._lock:
+            if any(s.spec.path == path for s in self._streams.values()):
+                raise ValueError(f"{path} is already open in this service")
 
     def _discard(self, stream_id: int, ring: FrameRing) -> None:
         with self._lock:

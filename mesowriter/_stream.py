@@ -43,6 +43,13 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat()
 
 
+def check_policy(policy: str) -> str:
+    """Return `policy` if it is a full-ring policy; ValueError otherwise."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+    return policy
+
+
 class Stream:
     """One output file fed from this process. Not shared between threads."""
 
@@ -54,10 +61,8 @@ class Stream:
         worker: WorkerHandle,
         policy: str,
     ) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
         self.spec = spec
-        self.policy = policy
+        self.policy = check_policy(policy)
         self._service = service
         self._ring = ring
         self.worker = worker
