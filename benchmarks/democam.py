@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mesowriter._spec import companion_paths
+
 EXPOSURES_MS = (1.0, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0)
 MODES = ("nothing", "mesowriter_attach", "mesowriter_relay")
 
@@ -68,11 +70,14 @@ def burst_once(
     finally:
         events.frameReady.disconnect(count)
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()  # raises the run's error, if any: this try failed
+            except Exception as exc:
+                error = error or repr(exc)
             dropped = sum(r.frames_dropped for r in writer.reports.values())
             for r in writer.reports.values():
-                for suffix in ("", "_report.json", "_frame_metadata.json"):
-                    Path(r.path + suffix).unlink(missing_ok=True)
+                for p in (r.path, *companion_paths(r.path)):
+                    Path(p).unlink(missing_ok=True)
     got = len(times)
     fps = (got - 1) / (times[-1] - times[0]) if got > 1 else 0.0
     ok = error is None and got == frames and dropped == 0

@@ -153,7 +153,12 @@ def measure_stream_finalise(
             for _, meta in _records(frames):
                 stream.write(pixels, json.loads(meta))
             done = threading.Event()
-            while stream.frames_written < frames:
+            deadline = time.monotonic() + 600
+            while stream.frames_written < frames:  # the pixels are on disk
+                if stream.error is not None:
+                    raise stream.error
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{stream.frames_written}/{frames} written")
                 done.wait(0.01)
             base = worker.memory_info().rss
             peak = [base]
@@ -165,10 +170,12 @@ def measure_stream_finalise(
             sampler = threading.Thread(target=sample)
             sampler.start()
             t0 = time.perf_counter()
-            report = stream.close()
-            seconds = time.perf_counter() - t0
-            done.set()
-            sampler.join()
+            try:
+                report = stream.close()
+            finally:
+                seconds = time.perf_counter() - t0
+                done.set()
+                sampler.join()
         xml_bytes = report.sink.get("ome_xml_bytes", 0)
     return {
         "frames": frames,

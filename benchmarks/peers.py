@@ -29,13 +29,15 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from mesowriter.synthetic import make_frames as make_camera_frames
+from mesowriter.synthetic import read_index, stamp_index
+
 from ._raw import bare_memcpy_cost, raw_odirect_write
 from ._sampling import MemorySampler
 
 __all__ = [
     "PEERS",
     "make_frames",
-    "read_stamp",
     "run_ome_writers",
     "run_peer",
     "run_pymmcore_plus_ometiff",
@@ -52,30 +54,11 @@ _GB = 1e9
 def make_frames(
     shape: tuple[int, int] = (2048, 2048), dtype: Any = np.uint16, n_distinct: int = 4
 ) -> list[np.ndarray]:
-    """Generate a few distinct frames up front so generation is never timed.
-
-    Each is a ramp offset by its cycle position, so a reader that mixed up
-    frames would see it; the frame index is stamped per frame in ``_feed``.
-    """
+    """The synthetic cameras' frames (generated once, never timed); the
+    frame index is stamped per frame in ``_feed``."""
     if n_distinct <= 0:
         raise ValueError("n_distinct must be positive")
-    dt = np.dtype(dtype)
-    base = np.add.outer(np.arange(shape[0]), np.arange(shape[1]))
-    info_max = np.iinfo(dt).max if dt.kind in "ui" else 1 << 16
-    return [((base + 97 * k) % info_max).astype(dt) for k in range(n_distinct)]
-
-
-def _stamp(frame: np.ndarray, index: int) -> None:
-    """Write the frame index into the first two pixels (low, high 16 bits)."""
-    flat = frame.reshape(-1)
-    flat[0] = index & 0xFFFF
-    flat[1] = (index >> 16) & 0xFFFF
-
-
-def read_stamp(frame: np.ndarray) -> int:
-    """Recover the index written by ``_stamp``."""
-    flat = np.asarray(frame).reshape(-1)
-    return int(flat[0]) | (int(flat[1]) << 16)
+    return make_camera_frames(shape, np.dtype(dtype).str, n_distinct)
 
 
 def _feed(
@@ -92,7 +75,7 @@ def _feed(
     for i in range(n):
         if fresh_frames:
             f = frames[i % k].copy()
-            _stamp(f, i)
+            stamp_index(f, i)
             yield f
         else:
             yield frames[i % k]
@@ -113,13 +96,15 @@ def _timed_run(
     name: str,
     n: int,
     frame_nbytes: int,
-    body: Callable[[Callable[[], None]], list[str]],
+    body: Callable[[Callable[[], None], Callable[[], None]], list[str]],
     interval: float,
 ) -> Result:
     """Run ``body`` under a sampler and turn its marks into a result dict.
 
-    ``body(tick)`` writes, calling ``tick()`` after each frame is accepted,
-    and returns the output file paths once its close call has returned.
+    ``body(start, tick)`` builds its writer, calls ``start()`` (the clock
+    starts there, as mesowriter's starts after ``open_stream``), writes,
+    calling ``tick()`` after each frame is accepted, and returns the output
+    file paths once its close call has returned.
     Threads it started are joined before fsync: ome-writers' ``close()`` may
     return while its writer thread is still writing.
     """
@@ -128,10 +113,14 @@ def _timed_run(
     with MemorySampler(interval=interval) as sampler:
         t0 = time.perf_counter()
 
+        def start() -> None:
+            nonlocal t0
+            t0 = time.perf_counter()
+
         def tick() -> None:
             frame_t.append(time.perf_counter())
 
-        paths = body(tick)
+        paths = body(start, tick)
         t_returned = time.perf_counter()
         leftover = [
             t
@@ -181,8 +170,9 @@ def run_tifffile_plain(
     """Plain ``tifffile.TiffWriter(bigtiff=True)``, one contiguous page a frame."""
     path = os.fspath(path)
 
-    def body(tick: Callable[[], None]) -> list[str]:
+    def body(start: Callable[[], None], tick: Callable[[], None]) -> list[str]:
         with tifffile.TiffWriter(path, bigtiff=True) as tw:
+            start()
             for f in _feed(frames, n, fresh_frames):
                 tw.write(f, contiguous=True)
                 tick()
@@ -225,11 +215,12 @@ def run_pymmcore_plus_ometiff(
     events = list(seq)  # built up front: event creation is not the writer's cost
     summary: dict[str, Any] = {"format": "summary-dict", "version": "1.0"}
 
-    def body(tick: Callable[[], None]) -> list[str]:
+    def body(start: Callable[[], None], tick: Callable[[], None]) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             handler = writer_cls(path)
             handler.sequenceStarted(seq, summary)
+            start()
             t0 = time.perf_counter()
             for ev, f in zip(events, _feed(frames, n, fresh_frames), strict=True):
                 meta = {
@@ -279,8 +270,9 @@ def run_ome_writers(
     )
     out = settings.output_path
 
-    def body(tick: Callable[[], None]) -> list[str]:
+    def body(start: Callable[[], None], tick: Callable[[], None]) -> list[str]:
         with create_stream(settings) as stream:
+            start()
             for f in _feed(frames, n, fresh_frames):
                 stream.append(f)
                 tick()
@@ -333,7 +325,10 @@ def verify_output(
             arr = series.asarray(out="memmap") if n_series > 64 else series.asarray()
             arr = arr.reshape(-1, *series.shape[-2:])
             for i in sorted({0, n_series // 2, n_series - 1}):
-                got = read_stamp(arr[i])
+                try:
+                    got: int | str = read_index(arr[i])
+                except ValueError as exc:
+                    got = str(exc)
                 if got != i:
                     problems.append(f"frame {i} carries stamp {got}")
             del arr

@@ -85,3 +85,8 @@ def report_path(data_path: str) -> str:
 def journal_path(data_path: str) -> str:
     """The append-only metadata journal kept while a stream is open."""
     return f"{data_path}_journal.ndjson"
+
+
+def companion_paths(path: str) -> tuple[str, str, str]:
+    """The files a stream writes next to its data file: report, sidecar, journal."""
+    return report_path(path), sidecar_path(path), journal_path(path)

@@ -16,6 +16,7 @@ import msgspec
 
 def _demo(args: argparse.Namespace) -> int:
     from mesowriter._demo import run_demo
+    from mesowriter._spec import report_path
 
     if args.json:
         reports, elapsed = run_demo(args.out, frames=args.frames, size=args.size)
@@ -26,15 +27,13 @@ def _demo(args: argparse.Namespace) -> int:
             reports, elapsed = run_demo(
                 args.out, frames=args.frames, size=args.size, on_progress=live.update
             )
-    dropped = 0
     for r in reports:
-        dropped += r.frames_dropped
         if args.json:
             print(json.dumps(msgspec.to_builtins(r)))
             continue
         print(f"data:     {r.path}")
         print(f"sidecar:  {r.sidecar}")
-        print(f"report:   {r.path}_report.json")
+        print(f"report:   {report_path(r.path)}")
         print(
             f"frames:   {r.frames_written}/{r.frames_expected} written, "
             f"{r.frames_dropped} dropped, finish: {r.finish_reason}"
@@ -47,7 +46,9 @@ def _demo(args: argparse.Namespace) -> int:
             f"{r.ring_slots} slots, blocked {r.blocked_seconds:.3f} s, "
             f"direct I/O {r.sink.get('direct_io')}"
         )
-    return 1 if dropped else 0
+        for problem in r.problems():
+            print(f"problem:  {problem}")
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -120,6 +121,20 @@ def _print_stress(name: str, res: dict[str, Any]) -> None:
             f"{cam['fps_sent']:.1f} fps, ring high-water {rep['ring_high_water']}/"
             f"{rep['ring_slots']}"
         )
+    burst = res.get("burst")
+    if burst is not None:
+        fps = burst["reached_fps"]
+        print(
+            f"{name}: burst of {burst['reached_frames']} frames at "
+            + (
+                "n/a"
+                if fps is None
+                else f"{fps:.0f} fps, {burst['reached_gbps']:.1f} GB/s"
+            )
+            + f" (asked {burst['burst_fps']:.0f} fps)"
+        )
+    for problem in res["errors"]:
+        print(f"{name}: problem: {problem}")
     growth = mem.get("anon_growth_bytes")
     print(
         f"{name}: peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB, peak dirty "

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 
+from mesowriter._report import StreamReport
 from mesowriter.synthetic import Burst, SyntheticCamera, run_cameras
 
 MIB = 1 << 20
@@ -108,7 +110,11 @@ def _run(
     trace.maybe_sample()
     mem = trace.summary()
     dropped = sum(r["report"]["frames_dropped"] for r in results)
-    errors = [r["report"]["error"] for r in results if r["report"]["error"]]
+    errors = [
+        f"{r['camera']['name']}: {problem}"
+        for r in results
+        for problem in msgspec.convert(r["report"], StreamReport).problems()
+    ]
     return {
         "cameras": results,
         "memory": mem,
@@ -125,14 +131,8 @@ def _check_disk(cameras: list[SyntheticCamera], out_dir: str | Path) -> None:
 
     need = 0.0
     for cam in cameras:
-        frames = cam.frames
-        if cam.duration is not None and cam.fps:
-            # a burst "as fast as possible" is counted at 1000 fps
-            est = cam.duration * cam.fps + sum(
-                b.seconds * (b.fps or 1000.0) for b in cam.bursts
-            )
-            frames = int(est) if frames is None else min(frames, int(est))
-        need += (frames or 0) * cam.frame_nbytes
+        # a burst "as fast as possible" is counted at 1000 fps
+        need += (cam.planned_frames(unpaced_fps=1000.0) or 0) * cam.frame_nbytes
     folder = Path(out_dir)
     while not folder.exists():
         folder = folder.parent
@@ -221,10 +221,14 @@ def burst(
     )
     res = _run([cam], out_dir, on_message)
     rep = res["cameras"][0]["report"]
+    reached = res["cameras"][0]["bursts"][0]
     res["burst"] = {
         "burst_fps": burst_fps,
         "burst_frames": burst_frames,
         "burst_gbps": burst_fps * frame / 1e9,
+        "reached_frames": reached["frames"],
+        "reached_fps": reached["fps"],
+        "reached_gbps": (reached["fps"] or 0.0) * frame / 1e9,
         "ring_slots": rep["ring_slots"],
         "ring_high_water": rep["ring_high_water"],
         "high_water_fraction": rep["ring_high_water"] / max(rep["ring_slots"], 1),

@@ -29,6 +29,7 @@ import time
 import traceback
 from array import array
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,23 @@ class SyntheticCamera:
     def frame_nbytes(self) -> int:
         return int(np.dtype(self.dtype).itemsize * math.prod(self.shape))
 
+    def planned_frames(self, unpaced_fps: float | None = None) -> int | None:
+        """Frames this camera will send: `frames`, or what `duration` at its
+        rate holds (a burst replaces the base rate for its length).
+
+        A burst "as fast as the writer goes" counts at `unpaced_fps`; without
+        one, such a camera has no honest total (None).
+        """
+        if self.duration is None or not self.fps:
+            return self.frames
+        total = self.duration * self.fps
+        for b in self.bursts:
+            fps = b.fps if b.fps is not None else unpaced_fps
+            if fps is None:
+                return self.frames
+            total += b.seconds * (fps - self.fps)
+        return int(total) if self.frames is None else min(self.frames, int(total))
+
     def rate_at(self, t: float) -> float | None:
         """Frames per second wanted `t` s after the first frame."""
         for b in self.bursts:
@@ -181,8 +199,11 @@ def run_camera(
     emit = send or (lambda _msg: None)
     path = str(Path(out_dir) / f"{cam.name}{cam.suffix}")
     frames = make_frames(cam.shape, cam.dtype)
-    memcpy = _bare_memcpy(frames)
-    memcpy_ring = _bare_memcpy_ring(frames, cam.ring_bytes)
+    slots = _ring_slots(frames[0], cam.ring_bytes)
+    # Bench (d) only: bare copies on a quiet machine, into one warm buffer
+    # and into ring-sized memory, of the frames this camera sends.
+    memcpy = _timed_copies(frames, 1, 20) if cam.memcpy_alongside else None
+    memcpy_ring = _timed_copies(frames, slots, 40) if cam.memcpy_alongside else None
     video = (
         VideoOptions(fourcc=cam.video_fourcc, fps=cam.fps or 30.0)
         if cam.video_fourcc
@@ -191,14 +212,20 @@ def run_camera(
     rng = random.Random(cam.seed)
     costs = array("d")
     alongside = array("d")
-    beside = (
-        _RingSizedBlock(frames[0], cam.ring_bytes) if cam.memcpy_alongside else None
-    )
     series: list[list[float]] = []
     late = 0.0
-    with WriterService(
-        ring_bytes=cam.ring_bytes, workers=1, policy=cam.policy, handle_signals=False
-    ) as service:
+    in_burst: list[list[float]] = [[] for _ in cam.bursts]  # send times
+    with (
+        (
+            _CopyTarget(frames[0], slots) if cam.memcpy_alongside else nullcontext()
+        ) as beside,
+        WriterService(
+            ring_bytes=cam.ring_bytes,
+            workers=1,
+            policy=cam.policy,
+            handle_signals=False,
+        ) as service,
+    ):
         stream = service.open_stream(
             path,
             shape=cam.shape,
@@ -237,6 +264,9 @@ def run_camera(
             costs.append(done - t)
             if beside is not None and i % 2 == 1:
                 alongside.append(beside.copy_in(i, buf))
+            for b, seen in zip(cam.bursts, in_burst, strict=True):
+                if b.start <= t - t0 < b.start + b.seconds:
+                    seen.append(t - t0)
             i += 1
             rate = cam.rate_at(done - t0)
             if rate is None:
@@ -261,8 +291,6 @@ def run_camera(
         t_last = time.perf_counter()
         report = stream.close(check=False)
         t_closed = time.perf_counter()
-    if beside is not None:
-        beside.close()
     c = np.frombuffer(costs, dtype=np.float64) if len(costs) else np.zeros(1)
     nbytes = report.bytes_written
     elapsed = t_closed - t0
@@ -287,6 +315,7 @@ def run_camera(
         "memcpy_alongside_mean_s": _mean(alongside),
         "memcpy_alongside_median_s": _median(alongside),
         "pacing_late_max_s": late,
+        "bursts": [_burst_reached(times) for times in in_burst],
         "series_columns": ["t", "received", "written", "bytes", "ring_fill", "drops"],
         "series": series,
         "report": msgspec.to_builtins(report),
@@ -296,18 +325,7 @@ def run_camera(
 def _progress(
     cam: SyntheticCamera, p: list[float], workers: list[int]
 ) -> dict[str, Any]:
-    total = cam.frames
-    if cam.duration is not None and cam.fps:
-        # a burst replaces the base rate for its length
-        extra = 0.0
-        for b in cam.bursts:
-            if b.fps is None:  # as fast as the writer goes: no honest total
-                extra = float("nan")
-                break
-            extra += b.seconds * (b.fps - cam.fps)
-        if extra == extra:  # not NaN
-            est = int(cam.duration * cam.fps + extra)
-            total = est if total is None else min(total, est)
+    total = cam.planned_frames()
     return {
         "type": "progress",
         "name": cam.name,
@@ -324,67 +342,58 @@ def _progress(
     }
 
 
-def _bare_memcpy(srcs: list[Any], repeats: int = 20) -> float:
-    """Seconds to copy one frame into a warm page-aligned buffer, here.
-
-    Cycles over the same source frames the camera sends, so source cache
-    effects match the timed writes.
-    """
-    import mmap
-
-    buf = mmap.mmap(-1, srcs[0].nbytes)
-    dst = np.frombuffer(buf, dtype=srcs[0].dtype).reshape(srcs[0].shape)
-    for src in srcs:
-        np.copyto(dst, src)
-    t0 = time.perf_counter()
-    for k in range(repeats):
-        np.copyto(dst, srcs[k % len(srcs)])
-    cost = (time.perf_counter() - t0) / repeats
-    del dst
-    buf.close()
-    return cost
+def _ring_slots(frame: np.ndarray, ring_bytes: int) -> int:
+    """Frames a ring of `ring_bytes` holds (as FrameRing.plan, without extras)."""
+    return max(2, min(ring_bytes // frame.nbytes, 4096))
 
 
-def _bare_memcpy_ring(srcs: list[Any], ring_bytes: int, repeats: int = 40) -> float:
-    """Seconds to copy one frame into rotating slots of a ring-sized block.
+class _CopyTarget:
+    """`slots` frames of page-aligned shared memory, every page touched, to
+    time a bare copy: one slot is a warm buffer, many are a ring, whose next
+    slot is never in cache."""
 
-    The same copy `Stream.write` makes, minus everything else: the writer's
-    destination changes every frame (it must not overwrite frames the disk
-    has not taken yet), so, unlike one reused buffer, it is never in cache.
-    """
-    block = _RingSizedBlock(srcs[0], ring_bytes)
-    try:
-        for k in range(block.slots):  # every slot written once, as a ring is
-            block.copy_in(k, srcs[k % len(srcs)])
-        n = max(repeats, block.slots)
-        return sum(block.copy_in(k, srcs[k % len(srcs)]) for k in range(n)) / n
-    finally:
-        block.close()
-
-
-class _RingSizedBlock:
-    """Shared memory the size of the ring, for timing bare copies of frames."""
-
-    def __init__(self, frame: np.ndarray, ring_bytes: int) -> None:
+    def __init__(self, frame: np.ndarray, slots: int) -> None:
         from multiprocessing import shared_memory
 
-        self.slots = max(2, min(ring_bytes // frame.nbytes, 4096))
-        self.shm = shared_memory.SharedMemory(
-            create=True, size=self.slots * frame.nbytes
-        )
+        self.slots = slots
+        self.shm = shared_memory.SharedMemory(create=True, size=slots * frame.nbytes)
         assert self.shm.buf is not None
-        self.block = np.ndarray((self.slots, *frame.shape), frame.dtype, self.shm.buf)
-        self.block.reshape(-1).view(np.uint8)[::4096] = 0  # touch every page
+        self.block = np.ndarray((slots, *frame.shape), frame.dtype, self.shm.buf)
+        self.block.reshape(-1).view(np.uint8)[::4096] = 0
 
     def copy_in(self, i: int, frame: np.ndarray) -> float:
+        """Seconds to copy `frame` into slot i (mod slots)."""
         t = time.perf_counter()
         np.copyto(self.block[i % self.slots], frame)
         return time.perf_counter() - t
 
-    def close(self) -> None:
+    def __enter__(self) -> _CopyTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         del self.block
         self.shm.close()
         self.shm.unlink()
+
+
+def _timed_copies(srcs: list[np.ndarray], slots: int, repeats: int) -> float:
+    """Mean seconds of a bare copy of the camera's frames into `slots` slots,
+    after every slot has been written once (as in a running ring)."""
+    with _CopyTarget(srcs[0], slots) as target:
+        for k in range(slots):
+            target.copy_in(k, srcs[k % len(srcs)])
+        n = max(repeats, slots)
+        return sum(target.copy_in(k, srcs[k % len(srcs)]) for k in range(n)) / n
+
+
+def _burst_reached(times: list[float]) -> dict[str, Any]:
+    """The rate a burst really reached (the copy may not keep up with it)."""
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    return {
+        "frames": len(times),
+        "seconds": span,
+        "fps": (len(times) - 1) / span if span > 0 else None,
+    }
 
 
 def _mean(values: array[float]) -> float | None:

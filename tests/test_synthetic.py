@@ -86,3 +86,16 @@ def test_stress_refuses_a_run_the_disk_cannot_hold(tmp_path: Path) -> None:
         stress._check_disk([huge], tmp_path / "not-yet-made")
     small = SyntheticCamera(name="small", shape=(8, 8), fps=10.0, duration=1.0)
     stress._check_disk([small], tmp_path)  # fits: no error
+
+
+def test_planned_frames_counts_a_burst_in_place_of_the_base_rate() -> None:
+    cam = SyntheticCamera(
+        fps=20.0, duration=5.0, bursts=(Burst(start=1.0, seconds=0.5, fps=1000.0),)
+    )
+    assert cam.planned_frames() == int(5.0 * 20 + 0.5 * (1000 - 20))  # 590
+    fast = SyntheticCamera(fps=20.0, duration=5.0, bursts=(Burst(1.0, 0.5),))
+    assert fast.planned_frames() is None  # "as fast as it goes": no honest total
+    assert fast.planned_frames(unpaced_fps=1000.0) == 590
+    assert SyntheticCamera(frames=7).planned_frames() == 7
+    capped = SyntheticCamera(fps=100.0, duration=10.0, frames=50)
+    assert capped.planned_frames() == 50
