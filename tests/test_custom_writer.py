@@ -235,3 +235,41 @@ def test_a_script_without_main_guard_runs_once(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "5"
     assert log.read_text() == "ran\n"  # the writer process did not re-run it
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {
+            "time_plan": {"interval": 0, "loops": 3},
+            "channels": ["DAPI", "FITC"],
+            "z_plan": {"range": 4, "step": 1},
+            "stage_positions": [(1, 2, 3), (4, 5, 6)],
+        },
+        {
+            "grid_plan": {"rows": 2, "columns": 2, "fov_width": 10, "fov_height": 10},
+            "channels": ["DAPI"],
+            "z_plan": {"above": 2, "below": 2, "step": 1},
+        },
+        {
+            "time_plan": {"interval": 0, "loops": 3},
+            "channels": [{"config": "DAPI", "do_stack": False}, "FITC"],
+            "z_plan": {"range": 4, "step": 1},
+        },
+        {
+            "time_plan": {"interval": 0, "loops": 4},
+            "channels": [{"config": "DAPI", "acquire_every": 2}, "FITC"],
+        },
+    ],
+    ids=["t-c-z-p", "grid-z", "do_stack", "acquire_every"],
+)
+def test_expected_frames_per_file_match_the_events(plan: dict[str, Any]) -> None:
+    from mesowriter.handlers._custom_writer import _positions
+
+    seq = useq.MDASequence(**plan)
+    key_by_p, expected = _positions(seq)
+    counted: dict[str, int] = {}
+    for event in seq:
+        key = key_by_p.get(int(event.index.get("p", 0)), "p0")
+        counted[key] = counted.get(key, 0) + 1
+    assert expected == counted

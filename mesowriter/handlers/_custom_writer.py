@@ -45,7 +45,6 @@ from mesowriter._stream import Stream
 from mesowriter.sinks._tiff import TIFF_SUFFIXES, tiff_suffix
 
 _COUNT_EVENTS_UP_TO = 50_000
-_MIN_RING_BYTES = 64 * 1024 * 1024
 
 
 class CustomWriter:
@@ -65,6 +64,10 @@ class CustomWriter:
     policy
         Full-ring policy: "block" (default) or "drop".
     """
+
+    # The least ring a file gets (a share of ring_bytes, split between files),
+    # so that it always holds a few frames.
+    _min_ring_bytes = 64 * 1024 * 1024
 
     def __init__(
         self,
@@ -276,6 +279,12 @@ class CustomWriter:
 
     # -- internals ------------------------------------------------------------------
     def _reset(self) -> None:
+        """Forget the last run, so that nothing of it reaches the next file."""
+        self._sequence = None
+        self._sequence_json = None
+        self._summary = None
+        self._key_by_p = {}
+        self._expected = {}
         self.frame_metadatas = {}
         self.reports = {}
         self.errors = []
@@ -287,22 +296,36 @@ class CustomWriter:
         self._refused = set()
 
     def _open(self, key: str, shape: tuple[int, ...], dtype: Any) -> Stream:
+        return self._open_file(
+            key, shape, dtype, kind="ome-tiff", frames=self._expected.get(key)
+        )
+
+    def _open_file(
+        self,
+        key: str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        *,
+        kind: str,
+        frames: int | None,
+        **options: Any,
+    ) -> Stream:
+        """Open the stream of file `key`, its share of the ring, and keep it."""
         n_files = max(1, len(self._expected))
-        ring = max(_MIN_RING_BYTES, self._ring_bytes // n_files)
-        path = self.path_for(key)
         stream = self._service.open_stream(
-            path,
+            self.path_for(key),
             shape=tuple(shape),
             dtype=dtype,
-            frames=self._expected.get(key),
+            frames=frames,
             overwrite=self._overwrite,
-            kind="ome-tiff",
+            kind=kind,
             position_key=key,
-            ring_bytes=ring,
+            ring_bytes=max(self._min_ring_bytes, self._ring_bytes // n_files),
             policy=self._policy,
             direct_io=self._direct_io,
             sequence=self._sequence_json,
             summary=self._summary,
+            **options,
         )
         self._streams[key] = stream
         return stream
@@ -325,7 +348,13 @@ def _plain_json(obj: Any) -> dict[str, Any] | None:
     try:
         data = obj.model_dump(mode="json")
         return data if isinstance(data, dict) else None
-    except Exception:
+    except Exception as exc:
+        warnings.warn(
+            f"the MDA sequence could not be turned into JSON ({exc!r}); the "
+            "OME-XML is written without its T/C/Z/position layout",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 
@@ -338,7 +367,13 @@ def _summary_json(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
             {k: v for k, v in meta.items() if k != "mda_sequence"}, enc_hook=_plain
         )
         return data if isinstance(data, dict) else None
-    except Exception:
+    except Exception as exc:
+        warnings.warn(
+            f"the summary metadata could not be turned into JSON ({exc!r}); "
+            "pixel size, acquisition date and camera bit depth are not kept",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 
@@ -368,6 +403,14 @@ def _positions(seq: Any) -> tuple[dict[int, str], dict[str, int | None]]:
     keys = list(key_by_p.values()) or ["p0"]
     sizes = {k: v for k, v in dict(getattr(seq, "sizes", {})).items() if v}
     total = math.prod(sizes.values()) if sizes else 1
+    # Every axis multiplies out only without sub-sequences, channels that
+    # skip their z stack (do_stack=False) or time points (acquire_every).
+    simple = all(getattr(p, "sequence", None) is None for p in positions) and all(
+        getattr(c, "do_stack", True) and getattr(c, "acquire_every", 1) == 1
+        for c in getattr(seq, "channels", ()) or ()
+    )
+    if simple:  # exact, and instant even for millions of frames
+        return key_by_p, dict.fromkeys(keys, total // max(1, sizes.get("p", 1)))
     expected: dict[str, int | None] = dict.fromkeys(keys, None)
     if total <= _COUNT_EVENTS_UP_TO:
         counts: dict[str, int] = dict.fromkeys(keys, 0)
@@ -378,8 +421,4 @@ def _positions(seq: Any) -> tuple[dict[int, str], dict[str, int | None]]:
             )
             counts[key] = counts.get(key, 0) + 1
         return key_by_p, dict(counts)
-    simple = all(getattr(p, "sequence", None) is None for p in positions)
-    if simple:
-        per = total // max(1, sizes.get("p", 1))
-        expected = dict.fromkeys(keys, per)
-    return key_by_p, expected
+    return key_by_p, expected  # too many events to count: files grow as needed

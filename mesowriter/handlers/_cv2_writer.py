@@ -44,7 +44,6 @@ from mesowriter.handlers._custom_writer import CustomWriter
 from mesowriter.video import check_video_request, resolve_codec
 
 DEFAULT_VIDEO_RING_BYTES = 256 * 1024 * 1024
-_MIN_RING_BYTES = 16 * 1024 * 1024
 _DIRECT_KEY = "p0"
 _MONO_BITS = re.compile(r"Mono(\d+)$")
 
@@ -79,6 +78,8 @@ class CV2Writer(CustomWriter):
         Shared memory for the rings (split between positions) and what a
         full ring does ("block" or "drop").
     """
+
+    _min_ring_bytes = 16 * 1024 * 1024  # video frames are small
 
     def __init__(
         self,
@@ -305,23 +306,9 @@ class CV2Writer(CustomWriter):
         opts = msgspec.structs.replace(
             video, is_color=is_color, bit_depth=bit_depth, color_order=color_order
         )
-        n_files = max(1, len(self._expected))
-        stream = self._service.open_stream(
-            self.path_for(key),
-            shape=shape,
-            dtype=dtype,
-            frames=frames,
-            overwrite=self._overwrite,
-            kind="video",
-            position_key=key,
-            ring_bytes=max(_MIN_RING_BYTES, self._ring_bytes // n_files),
-            policy=self._policy,
-            sequence=self._sequence_json,
-            summary=self._summary,
-            video=opts,
+        return self._open_file(
+            key, shape, dtype, kind="video", frames=frames, video=opts
         )
-        self._streams[key] = stream
-        return stream
 
 
 def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
