@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import msgspec
@@ -75,9 +75,6 @@ class Journal:
             n = os.write(self._fd, view)
             view = view[n:]
         self.records += len(entries)
-
-    def sync(self) -> None:
-        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -140,9 +137,8 @@ def write_sidecar(
     Items are already-encoded JSON, streamed to a temporary file and joined
     without re-encoding, then the file is synced and renamed into place.
     """
-    tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    with open(tmp, "wb", buffering=1 << 20) as fh:
+    with _replacing(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
         fh.write(b"{")
         first = True
         for key, items in groups.items():
@@ -162,19 +158,31 @@ def write_sidecar(
         fh.write(b"}")
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return count
 
 
 def atomic_write(path: str, data: bytes) -> None:
     """Write to a temporary sibling, sync it, then rename it into place."""
+    with _replacing(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def _replacing(path: str) -> Iterator[str]:
+    """A temporary sibling of `path` to write; renamed onto `path` if the
+    block succeeds, removed if it fails (a full disk leaves no debris)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        yield tmp
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, path)

@@ -240,10 +240,6 @@ class FrameRing:
     def worker_asleep(self, value: bool) -> None:
         self._header[_ASLEEP] = int(value)
 
-    def fill(self) -> int:
-        """Frames published but not yet written."""
-        return self.write_cursor - self.read_cursor
-
     # -- slots ------------------------------------------------------------------
     def _slot_offset(self, slot: int) -> int:
         return self.layout.data_offset + slot * self.stride
@@ -311,6 +307,11 @@ class FrameRing:
         del self._buf
         with suppress(BufferError):  # a caller still holds a view: unmapped at exit
             self._shm.close()
+
+    def destroy(self) -> None:
+        """Unmap, then (creator only) remove the block."""
+        self.close()
+        self.unlink()
 
     def unlink(self) -> None:
         """Remove the block from the system: creator only, exactly once."""

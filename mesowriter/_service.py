@@ -311,8 +311,7 @@ class WriterService:
             self._streams.pop(stream_id, None)
             for w in self._workers.values():
                 w.streams.discard(stream_id)
-        ring.close()
-        ring.unlink()
+        ring.destroy()
 
     def _release_ring(self, ring: FrameRing) -> None:
         """Unmap and unlink a finished ring off the caller's thread.
@@ -322,7 +321,7 @@ class WriterService:
         block is gone once the service is.
         """
         thread = threading.Thread(
-            target=_teardown_ring, args=(ring,), name="mesowriter-release", daemon=True
+            target=ring.destroy, name="mesowriter-release", daemon=True
         )
         with self._lock:
             self._releasers = [t for t in self._releasers if t.is_alive()]
@@ -492,11 +491,6 @@ class WriterService:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
         if errors:
             raise errors[0]
-
-
-def _teardown_ring(ring: FrameRing) -> None:
-    ring.close()
-    ring.unlink()
 
 
 def _check_memory(nbytes: int) -> None:

@@ -297,8 +297,7 @@ class Stream:
     def abort(self) -> None:
         """Release the ring without a worker (the service is going down)."""
         self._closed.set()
-        self._ring.close()
-        self._ring.unlink()
+        self._ring.destroy()
 
     def _build_report(self, reason: str) -> StreamReport:
         wr = self._worker_report

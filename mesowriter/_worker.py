@@ -70,8 +70,7 @@ class StreamRunner:
             self._reopen_fresh()
             self.journal = Journal.create(jpath, spec)
         else:
-            self.sink.open(0)
-            self.journal = Journal.create(jpath, spec)
+            self._open_new(jpath)
         self.next = self.journal.records
         self.ring.read_cursor = self.next
         # Where stores may be seen out of order, only frames a pipe message
@@ -79,6 +78,24 @@ class StreamRunner:
         self.announced: int | None = None if STORES_IN_ORDER else self.next
         # After a failed batch its frames are tried again one at a time.
         self.by_frame_until = 0
+
+    def _open_new(self, jpath: str) -> None:
+        """Create file and journal; on failure leave neither a half-made file
+        (one this call created) nor an open descriptor or ring mapping."""
+        existed = os.path.exists(self.spec.path)
+        try:
+            self.sink.open(0)
+            self.journal = Journal.create(jpath, self.spec)
+        except BaseException:
+            abort = getattr(self.sink, "abort", None)
+            if abort is not None:
+                with suppress(Exception):
+                    abort()
+            if not existed:
+                with suppress(OSError):
+                    os.unlink(self.spec.path)
+            self.ring.close()
+            raise
 
     def _reopen_fresh(self) -> None:
         """A worker died before its first frame: start the file again."""

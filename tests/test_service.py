@@ -357,3 +357,18 @@ def test_paths_with_spaces_and_non_ascii(
     stream.close()
     with tifffile.TiffFile(path) as tf:
         assert len(tf.pages) == 1 and tf.pages[0].shape == (8, 8)
+
+
+def test_a_file_that_cannot_be_preallocated_is_not_left_behind(
+    service: WriterService, tmp_path: Path
+) -> None:
+    # 10^10 frames do not fit on any test disk: the open fails at once, and
+    # neither a half-made file nor its journal blocks the next try.
+    path = tmp_path / "huge.ome.tiff"
+    with pytest.raises(WriterError, match="opening"):
+        service.open_stream(path, shape=(64, 64), dtype="uint16", frames=10**10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    stream = service.open_stream(path, shape=(64, 64), dtype="uint16", frames=2)
+    for i in range(2):
+        stream.write(index_frame(i, (64, 64)))
+    assert stream.close().frames_written == 2

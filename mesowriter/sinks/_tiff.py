@@ -195,10 +195,6 @@ class OmeTiffSink(Sink):
             self._file.allocate(end)
             self._allocated = end
 
-    @property
-    def direct(self) -> bool:
-        return self._file is not None and self._file.direct
-
     # -- frames ---------------------------------------------------------------
     def write(self, batch: FrameBatch) -> int:
         f = self._file
@@ -260,10 +256,6 @@ class OmeTiffSink(Sink):
         self._file.pwrite(self._head, 0)
         self._declared = self._frames
         self._last_flush = now
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames
 
     def close(
         self, reason: str, records: Iterator[tuple[int, bytes]] | None = None
