@@ -190,7 +190,9 @@ class StreamRunner:
         becomes the stream's error (or, after another error, a secondary
         one), and the journal is kept for `mesowriter recover`.
         """
-        if self.report is not None:
+        if self.report is not None:  # finalised when the stream failed
+            if extra:
+                self._merge_into_sidecar(extra)
             return self.report
         # The journal is streamed, twice (file, then sidecar), never loaded:
         # finalising costs the same memory at 1 000 or 100 000 frames.
@@ -230,6 +232,22 @@ class StreamRunner:
             "secondary_errors": self.secondary_errors,
         }
         return self.report
+
+    def _merge_into_sidecar(self, extra: dict[str, Any]) -> None:
+        """Metadata known only at the end (CV2Writer.finish) still reaches the
+        sidecar of a stream that failed and was finalised earlier."""
+        import json
+
+        path = sidecar_path(self.spec.path)
+        try:
+            with open(path, "rb") as fh:
+                data = json.load(fh)
+            data.update(extra)
+            atomic_write(path, msgspec.json.encode(data))
+        except Exception as exc:
+            self.secondary_errors.append(
+                f"adding extra metadata to the sidecar: {exc!r}"
+            )
 
     def _step_failed(self, step: str, exc: BaseException) -> None:
         """A finalisation step failed: the stream's error unless it has one."""

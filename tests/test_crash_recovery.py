@@ -440,3 +440,23 @@ def test_video_refuses_a_dtype_it_cannot_write_and_the_run_goes_on(
     stream = service.open_stream(tmp_path / "t.ome.tiff", shape=(16, 16), dtype="u2")
     stream.write(index_frame(0, (16, 16)), {"i": 0, "tag": "ü"})
     assert stream.close().frames_written == 1
+
+
+def test_extra_metadata_reaches_the_sidecar_of_a_failed_stream(tmp_path: Path) -> None:
+    shape = (32, 32)
+    path = tmp_path / "failed.ome.tiff"
+    with WriterService(ring_bytes=1 << 20) as svc:
+        stream = svc.open_stream(
+            path, shape=shape, dtype="uint16", _fault="fail-after:3"
+        )
+        for i in range(10):
+            try:
+                stream.write(index_frame(i, shape), {"i": i, "tag": "ü"})
+            except WriterError:
+                break
+            time.sleep(0.002)
+        _wait_until(lambda: stream.error is not None, "the failing write")
+        report = stream.close(check=False, extra_metadata={"subject": "m1"})
+    assert report.finish_reason == "error" and report.frames_written == 3
+    side = json.loads(Path(f"{path}_frame_metadata.json").read_text("utf-8"))
+    assert side["subject"] == "m1" and [m["i"] for m in side["p0"]] == [0, 1, 2]
