@@ -2,7 +2,9 @@
 
 We never ship OpenH264 (Cisco's binary licence covers only their own
 downloads), so the user drops it in `external/video-codecs/` or names it with
-`MESOWRITER_OPENH264_LIBRARY`. Which OpenCV builds can use it:
+`MESOWRITER_OPENH264_LIBRARY` or mesofield's `MESOFIELD_OPENH264_LIBRARY`
+(first found wins, in the order of `find_openh264`). Which OpenCV builds can
+use it:
 
 * Windows opencv-python: its FFmpeg loads `openh264-1.8.0-win64.dll` at run
   time, found via `OPENH264_LIBRARY` (a full path) or the DLL search path.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_LIBRARY = "MESOWRITER_OPENH264_LIBRARY"  # a file, or a folder holding it
+ENV_LIBRARY_LEGACY = "MESOFIELD_OPENH264_LIBRARY"  # mesofield's name, same meaning
 ENV_CODECS_DIR = "MESOWRITER_VIDEO_CODECS_DIR"
 
 # The exact names OpenCV's own FFmpeg wrappers ask for come first.
@@ -56,19 +59,28 @@ def _find_in(folder: Path) -> Path | None:
 
 
 def find_openh264() -> Path | None:
-    """The OpenH264 library named by the environment or the codecs folder."""
-    named = os.environ.get(ENV_LIBRARY)
-    if named:
+    """The OpenH264 library named by the environment or the codecs folder.
+
+    Looks, in order, at `MESOWRITER_OPENH264_LIBRARY`, then
+    `MESOFIELD_OPENH264_LIBRARY` (each a file or a folder holding it), then
+    the folders `MESOWRITER_VIDEO_CODECS_DIR` and `external/video-codecs/`.
+    Our own variable comes first, so it can override a lab-wide mesofield
+    setting. A variable naming no library is warned about and skipped, as
+    mesofield skipped it, so a stale path does not hide a copy found later.
+    """
+    for var in (ENV_LIBRARY, ENV_LIBRARY_LEGACY):
+        named = os.environ.get(var)
+        if not named:
+            continue
         p = Path(named).expanduser()
         found = p if p.is_file() else _find_in(p)
-        if found is None:
-            warnings.warn(
-                f"{ENV_LIBRARY}={named!r} names no OpenH264 library; "
-                "H.264 requests will fall back",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return found.resolve() if found else None
+        if found is not None:
+            return found.resolve()
+        warnings.warn(
+            f"{var}={named!r} names no OpenH264 library; ignored",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     for folder in (os.environ.get(ENV_CODECS_DIR), default_codecs_dir()):
         if folder and (found := _find_in(Path(folder).expanduser())) is not None:
             return found.resolve()
