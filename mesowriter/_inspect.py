@@ -18,8 +18,8 @@ from xml.etree import ElementTree
 
 import msgspec
 
-from mesowriter._journal import atomic_write
-from mesowriter._ome import pixels_planes, sidecar_from_ome_xml
+from mesowriter._platform import atomic_write
+from mesowriter.sinks._omexml import pixels_planes, sidecar_from_ome_xml
 from mesowriter._spec import report_path, sidecar_path
 from mesowriter.sinks import VIDEO_SUFFIXES
 from mesowriter.sinks._tiff import tiff_suffix

@@ -35,7 +35,7 @@ import msgspec
 import numpy as np
 
 from mesowriter._errors import FrameRejected, WriterError
-from mesowriter._journal import atomic_write
+from mesowriter._platform import atomic_write
 from mesowriter._metadata import CustomJSONEncoder, _plain
 from mesowriter._paths import position_path, prepare_output_path
 from mesowriter._report import StreamReport
@@ -171,7 +171,7 @@ class CustomWriter:
 
     def _key_for(self, event: Any) -> str:
         """The file key of an event: its position's, as planned at the start."""
-        from mesowriter._ome import file_key_for_event
+        from mesowriter._layout import file_key_for_event
 
         index = dict(event.index)
         key = self._key_by_p.get(int(index.get("p", 0)))
@@ -384,7 +384,7 @@ def _positions(seq: Any) -> tuple[dict[int, str], dict[str, int | None]]:
     positions share would put different places into one file, so those
     positions are keyed by index instead, with a warning.
     """
-    from mesowriter._ome import file_key_for_event
+    from mesowriter._layout import file_key_for_event
 
     positions = list(getattr(seq, "stage_positions", ()) or ())
     names = [getattr(p, "name", None) or None for p in positions]

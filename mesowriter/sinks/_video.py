@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mesowriter._spec import StreamSpec, VideoOptions
-from mesowriter.sinks._base import FrameBatch, Sink
+from mesowriter.sinks._base import FrameBatch, ResumeState, SynchronousSink
 from mesowriter.video import (
     CodecChoice,
     VideoEncodeError,
@@ -34,6 +34,9 @@ from mesowriter.video import (
     container_of,
 )
 from mesowriter.video._codecs import open_writer, probe
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
 
 class VideoResumeError(RuntimeError):
@@ -100,11 +103,11 @@ def _layout(spec: StreamSpec, opts: VideoOptions) -> _Layout:
     return _Layout(int(shape[0]), int(shape[1]), channels, depth16)
 
 
-class VideoSink(Sink):
+class VideoSink(SynchronousSink):
     """Writes one stream to a video file through OpenCV."""
 
     kind: ClassVar[str] = "video"
-    slot_prefix: ClassVar[int] = 0
+    suffixes: ClassVar[tuple[str, ...]] = VIDEO_SUFFIXES
 
     def __init__(self, spec: StreamSpec) -> None:
         super().__init__(spec)
@@ -143,10 +146,10 @@ class VideoSink(Sink):
         )
         return msgspec.structs.replace(spec, video=pinned)
 
-    def open(self, resume_from: int = 0) -> None:
-        if resume_from:
+    def open(self, resume: ResumeState | None = None) -> None:
+        if resume is not None:
             raise VideoResumeError(
-                f"cannot resume {self.spec.path!r} at frame {resume_from}: video "
+                f"cannot resume {self.spec.path!r} at frame {resume.committed}: video "
                 "containers cannot be appended to; the stream ends here"
             )
         from mesowriter.video._tonemap import ToneMap
@@ -214,16 +217,12 @@ class VideoSink(Sink):
             )
         return out
 
-    def write(self, batch: FrameBatch) -> int:
-        """Encode each frame; return the input bytes consumed.
-
-        The encoded size is only known at close (`file_bytes` in the report).
-        """
+    def write(self, batch: FrameBatch) -> None:
+        """Encode each frame (the encoded size is known at close only)."""
         import cv2
 
         if self._writer is None:
             raise VideoEncodeError("write() before open() or after close()")
-        nbytes = 0
         for frame in batch.frames:
             pixels = frame.pixels
             if pixels.shape != tuple(self.spec.shape) or pixels.dtype != np.dtype(
@@ -254,20 +253,16 @@ class VideoSink(Sink):
                 raise VideoEncodeError(f"encoder refused frame {frame.index}")
             self.frames_encoded += 1
             self._last_index = frame.index
-            nbytes += pixels.nbytes
-        return nbytes
-
-    def flush(self, force: bool = False) -> None:
-        """Nothing to do: OpenCV cannot flush a container mid-stream.
-
-        .mkv/.avi stay readable up to roughly the last frames written if the
-        worker dies; .mp4/.mov are unreadable until closed.
-        """
 
     def close(
         self, reason: str, records: Iterator[tuple[int, bytes]] | None = None
     ) -> dict[str, Any]:
-        """Finalise the container and report what was really encoded."""
+        """Finalise the container and report what was really encoded.
+
+        OpenCV cannot flush a container mid-stream: .mkv/.avi stay readable
+        up to roughly the last frames if the worker dies, .mp4/.mov only once
+        closed here.
+        """
         if self._writer is not None:
             self._writer.release()
             self._writer = None
