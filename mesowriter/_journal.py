@@ -8,18 +8,20 @@ the stream was. At completion the journal becomes the legacy sidecar::
     <data file>_frame_metadata.json = {"<position key>": [meta, meta, ...]}
 
 built by joining the stored JSON bytes, never re-encoding them, and written
-atomically (temporary file, then rename).
+atomically (`mesowriter._platform.atomic_write`). Every file here is binary
+(no CRLF on Windows) and opened through `os_path` (long Windows paths).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
 from typing import Any
 
 import msgspec
 
+from mesowriter._platform import O_BINARY, O_NOFOLLOW, os_path, unlink
+from mesowriter._platform import atomic_write as atomic_write
 from mesowriter._spec import StreamSpec
 
 JOURNAL_VERSION = 1
@@ -51,7 +53,8 @@ class Journal:
 
     @classmethod
     def create(cls, path: str, spec: StreamSpec) -> Journal:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | O_BINARY
+        fd = os.open(os_path(path), flags | O_NOFOLLOW, 0o644)
         os.write(fd, _encoder.encode(JournalHeader(JOURNAL_VERSION, spec)) + b"\n")
         return cls(path, fd, 0)
 
@@ -60,7 +63,7 @@ class Journal:
         """Reopen after a crash: drop a torn last line, keep the rest."""
         header, records, valid_bytes = scan(path)
         del header
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(os_path(path), os.O_WRONLY | os.O_APPEND | O_BINARY | O_NOFOLLOW)
         os.ftruncate(fd, valid_bytes)
         return cls(path, fd, len(records))
 
@@ -83,13 +86,12 @@ class Journal:
 
     def remove(self) -> None:
         self.close()
-        with suppress(FileNotFoundError):
-            os.unlink(self.path)
+        unlink(self.path)
 
 
 def scan(path: str) -> tuple[JournalHeader, list[JournalRecord], int]:
     """Read a journal: its header, its complete records, its valid length."""
-    with open(path, "rb") as fh:
+    with open(os_path(path), "rb") as fh:
         data = fh.read()
     first = data.find(b"\n")
     if first < 0:
@@ -115,7 +117,7 @@ def iter_records(path: str) -> Iterator[tuple[int, bytes]]:
     Reads one line at a time, so finalising a 100 000-frame stream never
     holds the journal in memory; stops at a torn last line, like `scan`.
     """
-    with open(path, "rb", buffering=1 << 20) as fh:
+    with open(os_path(path), "rb", buffering=1 << 20) as fh:
         fh.readline()  # the header
         for line in fh:
             if not line.endswith(b"\n"):
@@ -138,51 +140,26 @@ def write_sidecar(
     without re-encoding, then the file is synced and renamed into place.
     """
     count = 0
-    with _replacing(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
-        fh.write(b"{")
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal count
+        yield b"{"
         first = True
         for key, items in groups.items():
             if not first:
-                fh.write(b",")
+                yield b","
             first = False
-            fh.write(_encoder.encode(key) + b":[")
+            yield _encoder.encode(key) + b":["
             for n, item in enumerate(items):
-                fh.write(b"," + item if n else item)
+                yield b"," + item if n else item
                 count += 1
-            fh.write(b"]")
+            yield b"]"
         for key, value in (extra or {}).items():
             if not first:
-                fh.write(b",")
+                yield b","
             first = False
-            fh.write(_encoder.encode(key) + b":" + _encoder.encode(value))
-        fh.write(b"}")
-        fh.flush()
-        os.fsync(fh.fileno())
+            yield _encoder.encode(key) + b":" + _encoder.encode(value)
+        yield b"}"
+
+    atomic_write(path, chunks())
     return count
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary sibling, sync it, then rename it into place."""
-    with _replacing(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextmanager
-def _replacing(path: str) -> Iterator[str]:
-    """A temporary sibling of `path` to write; renamed onto `path` if the
-    block succeeds, removed if it fails (a full disk leaves no debris)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        yield tmp
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.replace(tmp, path)

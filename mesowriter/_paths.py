@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import suppress
 from pathlib import Path
 
+from mesowriter._platform import check_file_name, unlink
 from mesowriter._spec import journal_path, report_path, sidecar_path
 
 
 def prepare_output_path(path: str | os.PathLike[str], overwrite: bool) -> str:
     """Validate `path` for a new data file and return it absolute.
 
-    Raises a clear error for an empty name, a folder, an existing file
+    Raises a clear error for an empty name, a name Windows reserves for a
+    device (`NUL.tif`), a folder, an existing file
     without `overwrite`, a leftover journal of an unfinished run, or a folder
     that cannot be created or written to.
     """
@@ -21,6 +22,7 @@ def prepare_output_path(path: str | os.PathLike[str], overwrite: bool) -> str:
     if not raw or raw.endswith(("/", os.sep)):
         raise ValueError(f"{raw!r} is not a file name")
     target = Path(normalised_path(raw))
+    check_file_name(str(target))
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a folder, not a data file name")
     journal = Path(journal_path(str(target)))
@@ -45,8 +47,7 @@ def prepare_output_path(path: str | os.PathLike[str], overwrite: bool) -> str:
     os.unlink(probe)
     if overwrite:
         for stale in (sidecar_path(str(target)), report_path(str(target)), journal):
-            with suppress(FileNotFoundError):
-                os.unlink(stale)
+            unlink(str(stale))
     return str(target)
 
 

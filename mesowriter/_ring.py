@@ -40,6 +40,9 @@ from multiprocessing import shared_memory
 import msgspec
 import numpy as np
 
+from mesowriter._platform import remove_shared_memory, stale_shared_memory
+from mesowriter._platform import shm_available_bytes as shm_available_bytes
+
 PAGE = 4096
 MAGIC = 0x4D45534F52494E47  # "MESORING"
 RING_VERSION = 2
@@ -327,56 +330,19 @@ class FrameRing:
 
 
 def remove_stale_rings() -> list[str]:
-    """Unlink frame rings that no living process maps; return their names.
+    """Remove frame rings that no living process maps; return their names.
 
     The resource tracker removes a dead process's blocks, unless it died
     too (SIGKILL of a whole process group, power loss of a container).
-    Only blocks that carry the ring's magic and appear in no process's
-    memory map (Linux /proc) are removed; elsewhere this does nothing.
+    Only blocks that carry the ring's magic and that no process maps are
+    removed (the platform layer knows where that can be told).
     """
-    shm, proc = "/dev/shm", "/proc"
-    if not (os.path.isdir(shm) and os.path.isdir(proc)):
-        return []
-    candidates = []
-    for name in os.listdir(shm):
-        if not name.startswith("psm_"):
-            continue
-        try:
-            with open(os.path.join(shm, name), "rb") as fh:
-                head = fh.read(8)
-        except OSError:
-            continue
-        if len(head) == 8 and int.from_bytes(head, "little") == MAGIC:
-            candidates.append(name)
-    if not candidates:
-        return []
-    in_use: set[str] = set()
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(
-                os.path.join(proc, pid, "maps"), encoding="utf-8", errors="replace"
-            ) as fh:
-                maps = fh.read()
-        except OSError:
-            continue
-        in_use.update(n for n in candidates if f"{shm}/{n}" in maps)
     removed = []
-    for name in candidates:
-        if name not in in_use:
-            with suppress(OSError):
-                os.unlink(os.path.join(shm, name))
-                removed.append(name)
+    for name in stale_shared_memory(MAGIC):
+        with suppress(OSError):
+            remove_shared_memory(name)
+            removed.append(name)
     return removed
-
-
-def shm_available_bytes() -> int | None:
-    """Free room for shared memory on this machine, where it can be known."""
-    if os.path.isdir("/dev/shm"):
-        st = os.statvfs("/dev/shm")
-        return st.f_bavail * st.f_frsize
-    return None
 
 
 def page_aligned_buffer(nbytes: int) -> mmap.mmap:

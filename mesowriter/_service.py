@@ -30,7 +30,6 @@ import threading
 import weakref
 from contextlib import suppress
 from dataclasses import dataclass, field
-from multiprocessing import connection
 from typing import Any
 
 import msgspec
@@ -39,6 +38,7 @@ import psutil
 
 from mesowriter import _messages as m
 from mesowriter._paths import normalised_path, prepare_output_path
+from mesowriter._platform import wait_any
 from mesowriter._ring import (
     DEFAULT_METADATA_BYTES,
     FrameRing,
@@ -365,7 +365,7 @@ class WriterService:
             waitables: list[Any] = [self._wake_r]
             for h in handles:
                 waitables += [h.from_worker, h.process.sentinel]
-            ready = connection.wait(waitables)
+            ready = wait_any(waitables)
             if self._wake_r in ready:
                 with suppress(EOFError, OSError):
                     while self._wake_r.poll():

@@ -32,7 +32,7 @@ import numpy as np
 from mesowriter._ring import PAGE, page_aligned_buffer, round_up
 from mesowriter._spec import StreamSpec
 from mesowriter.sinks._base import FrameBatch, Sink
-from mesowriter.sinks._directio import AlignedFile
+from mesowriter.sinks._directio import AlignedFile, Mode
 
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.btf", ".btf")
 XML_OFFSET = PAGE
@@ -180,7 +180,7 @@ class OmeTiffSink(Sink):
             self._file.pwrite(self._last_ifd, self.layout.ifd_offset(k))
             self.flush(force=True)
             return
-        mode = "overwrite" if spec.overwrite else "create"
+        mode: Mode = "overwrite" if spec.overwrite else "create"
         self._file = AlignedFile(spec.path, mode=mode, direct=spec.direct_io)
         if spec.frames:
             self._reserve(self.layout.ifd_offset(spec.frames))
