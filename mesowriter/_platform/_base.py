@@ -267,7 +267,7 @@ def wait_grouped(
     timeout: float | None = None,
     *,
     group_size: int | None,
-    wait: WaitFn = _connection_wait,
+    wait: WaitFn | None = None,
 ) -> list[Any]:
     """`wait` over any number of objects where one OS wait takes `group_size`.
 
@@ -277,6 +277,7 @@ def wait_grouped(
     rings every stop pipe, every helper returns, and all that was ready by
     then is returned in the order of `objects`.
     """
+    wait = wait or _connection_wait
     items = list(objects)
     if group_size is None or len(items) <= group_size:
         return wait(items, timeout)
