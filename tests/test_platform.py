@@ -35,6 +35,7 @@ from mesowriter._platform import (
 )
 from mesowriter._platform._base import PAGE, retry_transient, wait_grouped
 from mesowriter._platform._posix import PosixPlatform
+from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX implementation")
 REPO = Path(__file__).resolve().parents[1]
@@ -443,27 +444,13 @@ def test_atomic_write_syncs_the_folder(
 
 
 # -- retries --
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def sharing_violation(path: str) -> PermissionError:
     exc = PermissionError(errno.EACCES, "The process cannot access the file", path)
     exc.winerror = 32  # type: ignore[attr-defined]
     return exc
 
 
-def test_retry_until_the_other_program_lets_go() -> None:
-    clock = FakeClock()
+def test_retry_until_the_other_program_lets_go(clock: FakeClock) -> None:
     attempts: list[float] = []
 
     def op() -> str:
@@ -479,8 +466,7 @@ def test_retry_until_the_other_program_lets_go() -> None:
     assert clock.sleeps == sorted(clock.sleeps) and clock.sleeps[1] > clock.sleeps[0]
 
 
-def test_retry_gives_up_after_the_timeout_naming_the_file() -> None:
-    clock = FakeClock()
+def test_retry_gives_up_after_the_timeout_naming_the_file(clock: FakeClock) -> None:
     calls = 0
 
     def op() -> None:
@@ -503,8 +489,7 @@ def test_retry_gives_up_after_the_timeout_naming_the_file() -> None:
     assert "another program" in str(info.value)
 
 
-def test_other_errors_are_not_retried() -> None:
-    clock = FakeClock()
+def test_other_errors_are_not_retried(clock: FakeClock) -> None:
 
     def op() -> None:
         raise PermissionError(errno.EACCES, "read-only")  # no winerror: POSIX
@@ -517,9 +502,8 @@ def test_other_errors_are_not_retried() -> None:
 
 
 def test_replace_and_unlink_retry_transient_errors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
-    clock = FakeClock()
     platform = PosixPlatform(clock=clock, sleep=clock.sleep)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.write_bytes(b"new")

@@ -35,6 +35,7 @@ from mesowriter._platform._windows import (
     WindowsPlatform,
     windows_os_path,
 )
+from tests.conftest import FakeClock
 
 
 @dataclass
@@ -228,7 +229,8 @@ def aligned(nbytes: int, fill: int) -> mmap.mmap:
 def open_file(
     api: FakeWin32, path: Path, mode: str = "create", **kwargs: Any
 ) -> WindowsAlignedFile:
-    return WindowsAlignedFile(str(path), mode=mode, api=api, **kwargs)  # type: ignore[arg-type]
+    cls = WindowsAlignedFile.using(api)  # type: ignore[arg-type]
+    return cls(str(path), mode=mode, **kwargs)  # type: ignore[arg-type]
 
 
 # -- unbuffered writes and alignment --
@@ -478,23 +480,9 @@ def test_reserved_names_are_refused_on_windows_only() -> None:
 
 
 # -- retries --
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def test_replace_retries_sharing_violations_then_names_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
-    clock = FakeClock()
     platform = WindowsPlatform(api=FakeWin32(), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
     src, dst = tmp_path / "tmp", tmp_path / "run_report.json"
     src.write_bytes(b"new")
@@ -515,10 +503,10 @@ def test_replace_retries_sharing_violations_then_names_the_file(
         raise win_error(_win32.ERROR_SHARING_VIOLATION, b)
 
     monkeypatch.setattr(os, "replace", always_held)
-    clock.now, clock.sleeps = 0.0, []
+    clock.now, clock.sleeps = 100.0, []
     with pytest.raises(OSError, match="run_report") as info:
         platform.replace(str(src), str(dst), timeout=1.5)
-    assert clock.now == pytest.approx(1.5) and info.value.errno == errno.EACCES
+    assert clock.now == pytest.approx(101.5) and info.value.errno == errno.EACCES
 
     def missing(a: str, b: str) -> None:
         raise win_error(_win32.ERROR_FILE_NOT_FOUND, a)
@@ -531,9 +519,8 @@ def test_replace_retries_sharing_violations_then_names_the_file(
 
 
 def test_unlink_retries_a_pending_delete(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
-    clock = FakeClock()
     platform = WindowsPlatform(api=FakeWin32(), clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
     path = tmp_path / "journal.ndjson"
     path.write_bytes(b"x")
@@ -647,3 +634,28 @@ def test_win_error_maps_codes_as_python_does() -> None:
         OSError(errno.EACCES, "x")
     )
     assert win_error(_win32.ERROR_DISK_FULL).errno == errno.ENOSPC
+
+
+def test_library_folders_reach_path_and_the_dll_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    added: list[str] = []
+    monkeypatch.setattr(os, "add_dll_directory", added.append, raising=False)
+    monkeypatch.setenv("PATH", "system")
+    platform = WindowsPlatform()
+    assert platform.shared_library_suffix == ".dll"
+    for _ in range(2):
+        platform.add_library_folder("codecs")
+    assert os.environ["PATH"].split(os.pathsep) == ["codecs", "system"]
+    assert added == ["codecs"]
+
+
+def test_prepare_output_path_refuses_device_names_on_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mesowriter import _paths
+
+    monkeypatch.setattr(_paths, "check_file_name", WindowsPlatform().check_file_name)
+    with pytest.raises(ValueError, match="device"):
+        _paths.prepare_output_path(tmp_path / "aux.ome.tiff", overwrite=False)
+    assert _paths.prepare_output_path(tmp_path / "run.ome.tiff", overwrite=False)

@@ -506,6 +506,10 @@ class PlatformBase:
 
     #: Objects one OS wait can take (None: no limit).
     wait_group_size: int | None = None
+    #: How shared libraries end, and the variable the loader of a process
+    #: started later searches for them.
+    shared_library_suffix = ".so"
+    library_path_var = "LD_LIBRARY_PATH"
     #: Where the Linux-only facts live (tests point them elsewhere).
     shm_dir = "/dev/shm"
 
@@ -542,6 +546,14 @@ class PlatformBase:
         return False
 
     # -- shared ------------------------------------------------------------------------
+    def add_library_folder(self, folder: str) -> None:
+        """Let processes started from now on load shared libraries from
+        `folder` (the loader reads its variable only at start); idempotent."""
+        var = self.library_path_var
+        parts = [p for p in os.environ.get(var, "").split(os.pathsep) if p]
+        if folder not in parts:
+            os.environ[var] = os.pathsep.join([folder, *parts])
+
     def temp_sibling(self, path: str) -> str:
         """An unpredictable temporary name in `path`'s folder."""
         folder, name = os.path.split(os.fspath(path))
