@@ -34,9 +34,12 @@ from typing import Any
 import msgspec
 
 from mesowriter._platform import (
+    O_BINARY,
+    O_NOFOLLOW,
     atomic_write,
     fsync_dir,
     open_exclusive,
+    os_path,
     replace,
     temp_sibling,
     unlink,
@@ -46,7 +49,7 @@ from mesowriter._spec import SidecarSpec, StreamSpec, journal_path
 JOURNAL_VERSION = 2
 MISSING_METADATA = b'{"mesowriter_metadata_lost":true}'
 _RECORD = re.compile(rb'\{"i":(-?\d{1,19}),"k":(-?\d{1,19}),"m":')
-_O_APPEND_BINARY = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0)
+_O_APPEND = os.O_WRONLY | os.O_APPEND | O_BINARY | O_NOFOLLOW
 
 
 class JournalHeader(msgspec.Struct, frozen=True):
@@ -94,7 +97,7 @@ class Journal:
                 f"{path}: journal holds {len(records)} records, the ring says "
                 f"{keep} frames were committed"
             )
-        fd = os.open(path, _O_APPEND_BINARY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(os_path(path), _O_APPEND)
         os.ftruncate(fd, ends[keep])
         return cls(path, fd, keep)
 
@@ -135,7 +138,7 @@ def parse_record(line: bytes) -> tuple[int, int, bytes] | None:
 
 def read_header(path: str) -> JournalHeader:
     """The journal's first line; ValueError if it is absent or malformed."""
-    with open(path, "rb") as fh:
+    with open(os_path(path), "rb") as fh:
         first = fh.readline(16 * 1024 * 1024)
     if not first.endswith(b"\n"):
         raise ValueError(f"{path}: journal has no complete header")
@@ -150,7 +153,7 @@ def scan(path: str) -> tuple[JournalHeader, list[tuple[int, int, bytes]], list[i
     the header and after each record (`ends[n]` = length keeping n)."""
     header = read_header(path)
     records: list[tuple[int, int, bytes]] = []
-    with open(path, "rb", buffering=1 << 20) as fh:
+    with open(os_path(path), "rb", buffering=1 << 20) as fh:
         pos = len(fh.readline())
         ends = [pos]
         for line in fh:
@@ -170,7 +173,7 @@ def iter_records(path: str, limit: int | None = None) -> Iterator[tuple[int, byt
     holds the journal in memory; stops at a torn last line.
     """
     n = 0
-    with open(path, "rb", buffering=1 << 20) as fh:
+    with open(os_path(path), "rb", buffering=1 << 20) as fh:
         fh.readline()  # the header
         for line in fh:
             if limit is not None and n >= limit:

@@ -28,6 +28,8 @@ else:
 
 _impl = _Platform()
 
+SHARED_LIBRARY_SUFFIX = _impl.shared_library_suffix
+add_library_folder = _impl.add_library_folder
 probe_lock = _impl.probe_lock
 open_exclusive = _impl.open_exclusive
 temp_sibling = _impl.temp_sibling
@@ -48,9 +50,11 @@ __all__ = [
     "DEFAULT_SYNC_EVERY",
     "O_BINARY",
     "O_NOFOLLOW",
+    "SHARED_LIBRARY_SUFFIX",
     "AlignedFile",
     "FileLockedError",
     "Mode",
+    "add_library_folder",
     "advise_huge_pages",
     "atomic_write",
     "check_file_name",

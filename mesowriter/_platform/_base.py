@@ -267,7 +267,7 @@ def wait_grouped(
     timeout: float | None = None,
     *,
     group_size: int | None,
-    wait: WaitFn = _connection_wait,
+    wait: WaitFn | None = None,
 ) -> list[Any]:
     """`wait` over any number of objects where one OS wait takes `group_size`.
 
@@ -277,6 +277,7 @@ def wait_grouped(
     rings every stop pipe, every helper returns, and all that was ready by
     then is returned in the order of `objects`.
     """
+    wait = wait or _connection_wait
     items = list(objects)
     if group_size is None or len(items) <= group_size:
         return wait(items, timeout)
@@ -505,6 +506,10 @@ class PlatformBase:
 
     #: Objects one OS wait can take (None: no limit).
     wait_group_size: int | None = None
+    #: How shared libraries end, and the variable the loader of a process
+    #: started later searches for them.
+    shared_library_suffix = ".so"
+    library_path_var = "LD_LIBRARY_PATH"
     #: Where the Linux-only facts live (tests point them elsewhere).
     shm_dir = "/dev/shm"
 
@@ -541,6 +546,14 @@ class PlatformBase:
         return False
 
     # -- shared ------------------------------------------------------------------------
+    def add_library_folder(self, folder: str) -> None:
+        """Let processes started from now on load shared libraries from
+        `folder` (the loader reads its variable only at start); idempotent."""
+        var = self.library_path_var
+        parts = [p for p in os.environ.get(var, "").split(os.pathsep) if p]
+        if folder not in parts:
+            os.environ[var] = os.pathsep.join([folder, *parts])
+
     def temp_sibling(self, path: str) -> str:
         """An unpredictable temporary name in `path`'s folder."""
         folder, name = os.path.split(os.fspath(path))

@@ -240,6 +240,9 @@ class PosixAlignedFile(AlignedFileBase):
 class PosixPlatform(PlatformBase):
     """Linux and macOS."""
 
+    shared_library_suffix = ".dylib" if MACOS else ".so"
+    library_path_var = "DYLD_LIBRARY_PATH" if MACOS else "LD_LIBRARY_PATH"
+
     proc_dir = "/proc"
     thp_shmem_path = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
@@ -268,7 +271,7 @@ class PosixPlatform(PlatformBase):
         """fsync the folder: a new or renamed name is durable only then."""
         try:
             fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except (PermissionError, IsADirectoryError):
+        except PermissionError:
             return  # a folder we may write but not read: nothing we can do
         try:
             os.fsync(fd)

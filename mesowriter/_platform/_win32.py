@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 from collections.abc import Callable
-from ctypes import wintypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,54 +65,67 @@ def win_error(code: int, filename: str | None = None) -> OSError:
     return exc
 
 
+# Fixed-width types, not ctypes.wintypes: there DWORD is C `unsigned long`,
+# 4 bytes on Windows but 8 on Linux, and the layouts are tested on Linux.
+DWORD = ULONG = ctypes.c_uint32
+BOOL = ctypes.c_int32
+HANDLE = ctypes.c_void_p
+LPCWSTR = ctypes.c_wchar_p
+LPWSTR = ctypes.POINTER(ctypes.c_wchar)  # an output buffer, filled in place
+
+
+class FILETIME(ctypes.Structure):
+    _fields_ = [("dwLowDateTime", DWORD), ("dwHighDateTime", DWORD)]
+
+
 class OVERLAPPED(ctypes.Structure):
     # The Offset/OffsetHigh pair shares a union with a pointer: on 64-bit
     # Windows the struct is 32 bytes, as declared here.
     _fields_ = [
         ("Internal", ctypes.c_size_t),
         ("InternalHigh", ctypes.c_size_t),
-        ("Offset", wintypes.DWORD),
-        ("OffsetHigh", wintypes.DWORD),
-        ("hEvent", wintypes.HANDLE),
+        ("Offset", DWORD),
+        ("OffsetHigh", DWORD),
+        ("hEvent", HANDLE),
     ]
 
 
 class BY_HANDLE_FILE_INFORMATION(ctypes.Structure):
     _fields_ = [
-        ("dwFileAttributes", wintypes.DWORD),
-        ("ftCreationTime", wintypes.FILETIME),
-        ("ftLastAccessTime", wintypes.FILETIME),
-        ("ftLastWriteTime", wintypes.FILETIME),
-        ("dwVolumeSerialNumber", wintypes.DWORD),
-        ("nFileSizeHigh", wintypes.DWORD),
-        ("nFileSizeLow", wintypes.DWORD),
-        ("nNumberOfLinks", wintypes.DWORD),
-        ("nFileIndexHigh", wintypes.DWORD),
-        ("nFileIndexLow", wintypes.DWORD),
+        ("dwFileAttributes", DWORD),
+        ("ftCreationTime", FILETIME),
+        ("ftLastAccessTime", FILETIME),
+        ("ftLastWriteTime", FILETIME),
+        ("dwVolumeSerialNumber", DWORD),
+        ("nFileSizeHigh", DWORD),
+        ("nFileSizeLow", DWORD),
+        ("nNumberOfLinks", DWORD),
+        ("nFileIndexHigh", DWORD),
+        ("nFileIndexLow", DWORD),
     ]
 
 
 class FILE_STORAGE_INFO(ctypes.Structure):
     _fields_ = [
-        ("LogicalBytesPerSector", wintypes.ULONG),
-        ("PhysicalBytesPerSectorForAtomicity", wintypes.ULONG),
-        ("PhysicalBytesPerSectorForPerformance", wintypes.ULONG),
-        ("FileSystemEffectivePhysicalBytesPerSectorForAtomicity", wintypes.ULONG),
-        ("Flags", wintypes.ULONG),
-        ("ByteOffsetForSectorAlignment", wintypes.ULONG),
-        ("ByteOffsetForPartitionAlignment", wintypes.ULONG),
+        ("LogicalBytesPerSector", ULONG),
+        ("PhysicalBytesPerSectorForAtomicity", ULONG),
+        ("PhysicalBytesPerSectorForPerformance", ULONG),
+        ("FileSystemEffectivePhysicalBytesPerSectorForAtomicity", ULONG),
+        ("Flags", ULONG),
+        ("ByteOffsetForSectorAlignment", ULONG),
+        ("ByteOffsetForPartitionAlignment", ULONG),
     ]
 
 
 _FUNCTYPE = getattr(ctypes, "WINFUNCTYPE", ctypes.CFUNCTYPE)  # stdcall on Windows
-HANDLER_ROUTINE = _FUNCTYPE(wintypes.BOOL, wintypes.DWORD)
-_H, _D, _B, _P = wintypes.HANDLE, wintypes.DWORD, wintypes.BOOL, ctypes.c_void_p
-_PD, _POV = ctypes.POINTER(wintypes.DWORD), ctypes.POINTER(OVERLAPPED)
+HANDLER_ROUTINE = _FUNCTYPE(BOOL, DWORD)
+_H, _D, _B, _P = HANDLE, DWORD, BOOL, ctypes.c_void_p
+_PD, _POV = ctypes.POINTER(DWORD), ctypes.POINTER(OVERLAPPED)
 INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
 
 #: name -> (restype, argtypes) of every kernel32 function used.
 SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
-    "CreateFileW": (_H, [wintypes.LPCWSTR, _D, _D, _P, _D, _D, _H]),
+    "CreateFileW": (_H, [LPCWSTR, _D, _D, _P, _D, _D, _H]),
     "CloseHandle": (_B, [_H]),
     "WriteFile": (_B, [_H, _P, _D, _PD, _POV]),
     "ReadFile": (_B, [_H, _P, _D, _PD, _POV]),
@@ -128,8 +140,8 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "DeviceIoControl": (_B, [_H, _D, _P, _D, _P, _D, _PD, _POV]),
     "LockFileEx": (_B, [_H, _D, _D, _D, _D, _POV]),
     "UnlockFileEx": (_B, [_H, _D, _D, _D, _POV]),
-    "GetVolumePathNameW": (_B, [wintypes.LPCWSTR, wintypes.LPWSTR, _D]),
-    "GetDiskFreeSpaceW": (_B, [wintypes.LPCWSTR, _PD, _PD, _PD, _PD]),
+    "GetVolumePathNameW": (_B, [LPCWSTR, LPWSTR, _D]),
+    "GetDiskFreeSpaceW": (_B, [LPCWSTR, _PD, _PD, _PD, _PD]),
     "SetConsoleCtrlHandler": (_B, [HANDLER_ROUTINE, _B]),
 }
 
@@ -196,7 +208,7 @@ class Win32Api:
     # -- data ----------------------------------------------------------------------
     def write_file(self, handle: int, view: memoryview, offset: int) -> int:
         """One WriteFile at `offset`; the caller keeps `view` under 4 GiB."""
-        written = wintypes.DWORD(0)
+        written = DWORD(0)
         ov = _overlapped(offset)
         ok = self._k.WriteFile(
             handle,
@@ -211,7 +223,7 @@ class Win32Api:
     def read_file(self, handle: int, n: int, offset: int) -> bytes:
         """One ReadFile at `offset`; b"" at or past the end of the file."""
         buf = ctypes.create_string_buffer(n)
-        got = wintypes.DWORD(0)
+        got = DWORD(0)
         ov = _overlapped(offset)
         if not self._k.ReadFile(handle, buf, n, ctypes.byref(got), ctypes.byref(ov)):
             code = self._last_error()
@@ -244,7 +256,7 @@ class Win32Api:
         self._set_info(handle, FILE_ALLOCATION_INFO_CLASS, size)
 
     def set_sparse(self, handle: int) -> None:
-        returned = wintypes.DWORD(0)
+        returned = DWORD(0)
         ok = self._k.DeviceIoControl(
             handle, FSCTL_SET_SPARSE, None, 0, None, 0, ctypes.byref(returned), None
         )
@@ -261,7 +273,7 @@ class Win32Api:
         root = ctypes.create_unicode_buffer(32768)
         if not self._k.GetVolumePathNameW(path, root, len(root)):
             return None
-        sectors, size, free, total = (wintypes.DWORD(0) for _ in range(4))
+        sectors, size, free, total = (DWORD(0) for _ in range(4))
         if not self._k.GetDiskFreeSpaceW(
             root.value,
             ctypes.byref(sectors),

@@ -24,7 +24,6 @@ from typing import Any
 
 from mesowriter._platform import _win32 as w
 from mesowriter._platform._base import (
-    DEFAULT_SYNC_EVERY,
     LONG_PATH_FROM,
     AlignedFileBase,
     Mode,
@@ -89,22 +88,22 @@ class WindowsAlignedFile(AlignedFileBase):
     _handle: int | None = None  # buffered: metadata, reads, truncation, the lock
     _pixel_handle: int | None = None  # unbuffered, or _handle after a fallback
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        mode: Mode,
-        direct: bool = True,
-        sync_every: int = DEFAULT_SYNC_EVERY,
-        api: Win32Api | None = None,
-    ) -> None:
-        self._api = api if api is not None else default_api()
-        self._reserved = 0
-        super().__init__(path, mode=mode, direct=direct, sync_every=sync_every)
+    #: The Win32 calls; None: kernel32 itself. Tests bind a fake with `using`.
+    _api: Win32Api | None = None
+    _reserved = 0  # the allocation size set so far
+
+    @classmethod
+    def using(cls, api: Win32Api) -> type[WindowsAlignedFile]:
+        """This class with its Win32 calls made through `api`."""
+        return type(cls.__name__, (cls,), {"_api": api})
+
+    @property
+    def api(self) -> Win32Api:
+        return self._api if self._api is not None else default_api()
 
     def _create(self, target: str, disposition: int, flags: int) -> int:
         try:
-            return self._api.create_file(
+            return self.api.create_file(
                 target,
                 w.GENERIC_READ | w.GENERIC_WRITE,
                 _SHARE,
@@ -117,7 +116,7 @@ class WindowsAlignedFile(AlignedFileBase):
             raise
 
     def _open(self, mode: Mode, direct: bool) -> None:
-        api = self._api
+        api = self.api
         target = windows_os_path(self.path)
         self._handle = self._pixel_handle = self._create(target, _DISPOSITION[mode], 0)
         try:
@@ -143,7 +142,7 @@ class WindowsAlignedFile(AlignedFileBase):
 
     def _open_direct(self, target: str, info: w.FileInfo) -> None:
         assert self._handle is not None
-        alignment = direct_alignment(self._api.sector_size(self._handle, target))
+        alignment = direct_alignment(self.api.sector_size(self._handle, target))
         if alignment is None:
             return  # sectors larger than a page: buffered, bounded
         try:
@@ -152,8 +151,8 @@ class WindowsAlignedFile(AlignedFileBase):
             if winerror(exc) == w.ERROR_INVALID_PARAMETER:
                 return  # a redirector without unbuffered I/O
             raise
-        if self._api.file_info(handle).file_id != info.file_id:
-            self._api.close_handle(handle)
+        if self.api.file_info(handle).file_id != info.file_id:
+            self.api.close_handle(handle)
             raise replaced_error(self.path)
         self._pixel_handle = handle
         self.direct = True
@@ -161,18 +160,18 @@ class WindowsAlignedFile(AlignedFileBase):
 
     def _write_direct(self, view: memoryview, offset: int) -> int:
         assert self._pixel_handle is not None
-        return self._api.write_file(self._pixel_handle, view[:MAX_IO], offset)
+        return self.api.write_file(self._pixel_handle, view[:MAX_IO], offset)
 
     def _write_buffered(self, view: memoryview, offset: int) -> int:
         assert self._handle is not None
-        return self._api.write_file(self._handle, view[:MAX_IO], offset)
+        return self.api.write_file(self._handle, view[:MAX_IO], offset)
 
     def _refuses_direct(self, exc: OSError) -> bool:
         return winerror(exc) == w.ERROR_INVALID_PARAMETER
 
     def _drop_direct(self) -> None:
         if self._pixel_handle != self._handle and self._pixel_handle is not None:
-            self._api.close_handle(self._pixel_handle)
+            self.api.close_handle(self._pixel_handle)
         self._pixel_handle = self._handle
 
     def _flush_dirty(self) -> None:
@@ -180,13 +179,13 @@ class WindowsAlignedFile(AlignedFileBase):
 
     def _read_some(self, n: int, offset: int) -> bytes:
         assert self._handle is not None
-        return self._api.read_file(self._handle, min(n, MAX_IO), offset)
+        return self.api.read_file(self._handle, min(n, MAX_IO), offset)
 
     def sync(self) -> None:
         """FlushFileBuffers once: it flushes the file's cached data and
         metadata, whichever handle wrote them, and the drive's cache."""
         assert self._handle is not None
-        self._api.flush_file_buffers(self._handle)
+        self.api.flush_file_buffers(self._handle)
 
     def reserve(self, offset: int, length: int) -> None:
         """Set the allocation size: clusters reserved, no zeros written, the
@@ -196,10 +195,10 @@ class WindowsAlignedFile(AlignedFileBase):
         end = offset + length
         if length <= 0 or end <= self._reserved:
             return
-        if end <= self._api.file_size(self._handle):
+        if end <= self.api.file_size(self._handle):
             return
         try:
-            self._api.set_allocation_size(self._handle, end)
+            self.api.set_allocation_size(self._handle, end)
         except OSError as exc:
             self._reserve_failed(exc, length)
             return
@@ -211,37 +210,39 @@ class WindowsAlignedFile(AlignedFileBase):
         where the filesystem has no sparse files (FAT, exFAT)."""
         assert self._handle is not None
         try:
-            self._api.set_sparse(self._handle)
+            self.api.set_sparse(self._handle)
         except OSError as exc:
             self._reserve_failed(exc, 0)
 
     def truncate(self, length: int) -> None:
         assert self._handle is not None
-        self._api.set_end_of_file(self._handle, length)
+        self.api.set_end_of_file(self._handle, length)
         self._reserved = min(self._reserved, length)
 
     def size(self) -> int:
         assert self._handle is not None
-        return self._api.file_size(self._handle)
+        return self.api.file_size(self._handle)
 
     def _close_handles(self) -> None:
         pixel, handle = self._pixel_handle, self._handle
         self._pixel_handle = self._handle = None
         if pixel is not None and pixel != handle:
-            self._api.close_handle(pixel)
+            self.api.close_handle(pixel)
         if handle is not None:
             if self.locked:
                 try:
-                    self._api.unlock(handle, LOCK_SENTINEL, 1)
+                    self.api.unlock(handle, LOCK_SENTINEL, 1)
                 except OSError:
                     pass  # closing the handle releases it too
-            self._api.close_handle(handle)
+            self.api.close_handle(handle)
 
 
 class WindowsPlatform(PlatformBase):
     """Windows."""
 
     wait_group_size = 63  # WaitForMultipleObjects takes 64 handles
+    shared_library_suffix = ".dll"
+    library_path_var = "PATH"
 
     def __init__(
         self,
@@ -253,6 +254,15 @@ class WindowsPlatform(PlatformBase):
         super().__init__(clock=clock, sleep=sleep)
         self._api = api
         self._handlers: list[Any] = []  # installed routines, kept from the GC
+        self._dll_folders: dict[str, Any] = {}  # add_dll_directory entries, kept
+
+    def add_library_folder(self, folder: str) -> None:
+        """PATH for processes started later; add_dll_directory for this one
+        (Python 3.8+ no longer searches PATH for extension modules' DLLs)."""
+        super().add_library_folder(folder)
+        if folder not in self._dll_folders:
+            add = getattr(os, "add_dll_directory")  # noqa: B009 - Windows only
+            self._dll_folders[folder] = add(folder)
 
     @property
     def api(self) -> Win32Api:
@@ -313,6 +323,8 @@ class WindowsPlatform(PlatformBase):
                 return 0  # not ours: the next handler (or the default) decides
             try:
                 callback(reason)
+            except SystemExit:
+                pass  # an exit asked for on this thread: Windows ends us anyway
             except BaseException:
                 traceback.print_exc(file=sys.stderr)
             return 1

@@ -53,7 +53,7 @@ import numpy as np
 from mesowriter._layout import ImagejPlan, event_index, imagej_plan
 from mesowriter._spec import StreamSpec
 from mesowriter.sinks._base import BatchFailed, FrameBatch, ResumeState, Sink, SinkFinalised
-from mesowriter._platform import AlignedFile, fsync_dir
+from mesowriter._platform import AlignedFile, Mode, fsync_dir
 from mesowriter.sinks._tiff_format import (
     CLASSIC_LIMIT,
     DESCRIPTION_CAPACITY,
@@ -192,7 +192,7 @@ class TiffSink(Sink):
         if resume is not None:
             self._resume(resume)
             return
-        mode = "overwrite" if spec.overwrite else "create"
+        mode: Mode = "overwrite" if spec.overwrite else "create"
         # Scattered frames of a size direct I/O cannot take go through the cache.
         unaligned = self.geo.frame_nbytes % PAGE != 0
         direct = spec.direct_io and not (self.reordered and unaligned)

@@ -25,21 +25,21 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+
+from mesowriter._platform import SHARED_LIBRARY_SUFFIX, add_library_folder
 
 ENV_LIBRARY = "MESOWRITER_OPENH264_LIBRARY"  # a file, or a folder holding it
 ENV_LIBRARY_LEGACY = "MESOFIELD_OPENH264_LIBRARY"  # mesofield's name, same meaning
 ENV_CODECS_DIR = "MESOWRITER_VIDEO_CODECS_DIR"
 
-# The exact names OpenCV's own FFmpeg wrappers ask for come first.
+# The exact names OpenCV's own FFmpeg wrappers ask for come first; both
+# tables are keyed by this OS's shared-library suffix.
 _PREFERRED = {
-    "win32": "openh264-1.8.0-win64.dll",
-    "darwin": "libopenh264-1.8.0-osx64.4.dylib",
+    ".dll": "openh264-1.8.0-win64.dll",
+    ".dylib": "libopenh264-1.8.0-osx64.4.dylib",
 }
-_PATTERNS = {"win32": "openh264*.dll", "darwin": "libopenh264*.dylib"}
-_LINUX_PATTERN = "libopenh264*.so*"
-
-_dll_handles: dict[str, Any] = {}  # keeps os.add_dll_directory entries alive
+_PATTERNS = {".dll": "openh264*.dll", ".dylib": "libopenh264*.dylib"}
+_SO_PATTERN = "libopenh264*.so*"
 
 
 def default_codecs_dir() -> Path:
@@ -50,10 +50,11 @@ def default_codecs_dir() -> Path:
 def _find_in(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
-    preferred = _PREFERRED.get(sys.platform)
+    preferred = _PREFERRED.get(SHARED_LIBRARY_SUFFIX)
     if preferred and (folder / preferred).is_file():
         return folder / preferred
-    hits = sorted(p for p in folder.glob(_PATTERNS.get(sys.platform, _LINUX_PATTERN)))
+    pattern = _PATTERNS.get(SHARED_LIBRARY_SUFFIX, _SO_PATTERN)
+    hits = sorted(p for p in folder.glob(pattern))
     hits = [p for p in hits if p.is_file()]
     return hits[-1] if hits else None
 
@@ -87,12 +88,6 @@ def find_openh264() -> Path | None:
     return None
 
 
-def _prepend_env_path(var: str, folder: str) -> None:
-    parts = [p for p in os.environ.get(var, "").split(os.pathsep) if p]
-    if folder not in parts:
-        os.environ[var] = os.pathsep.join([folder, *parts])
-
-
 def _quiet_logging() -> None:
     # Env vars reach cv2 imported later and every spawned worker; a user's
     # own setting wins. FFmpeg's level is read when its backend first starts.
@@ -116,14 +111,6 @@ def configure_opencv_codec() -> str | None:
     lib = find_openh264()
     if lib is None:
         return None
-    folder = str(lib.parent)
-    if sys.platform == "win32":
-        _prepend_env_path("PATH", folder)
-        if folder not in _dll_handles:
-            _dll_handles[folder] = os.add_dll_directory(folder)
-    elif sys.platform == "darwin":
-        _prepend_env_path("DYLD_LIBRARY_PATH", folder)
-    else:
-        _prepend_env_path("LD_LIBRARY_PATH", folder)
+    add_library_folder(str(lib.parent))
     os.environ.setdefault("OPENH264_LIBRARY", str(lib))
     return str(lib)
