@@ -21,8 +21,7 @@ import msgspec
 from mesowriter._platform import atomic_write
 from mesowriter.sinks._omexml import pixels_planes, sidecar_from_ome_xml
 from mesowriter._spec import report_path, sidecar_path
-from mesowriter.sinks import VIDEO_SUFFIXES
-from mesowriter.sinks._tiff import tiff_suffix
+from mesowriter.sinks import sink_for_path
 
 __all__ = ["export_sidecar", "inspect_file"]
 
@@ -52,12 +51,9 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not os.path.isfile(p):
         raise FileNotFoundError(f"{p}: no such file")
     report = _load_report(p)
-    if p.lower().endswith(VIDEO_SUFFIXES):
-        info = _inspect_video(p, report)
-    elif tiff_suffix(p) is not None:
-        info = _inspect_tiff(p)
-    else:
-        raise ValueError(f"{p}: not an OME-TIFF {VIDEO_SUFFIXES} file")
+    info = sink_for_path(p).inspect(p)
+    if info["kind"] == "video":
+        info.update(_video_report(report))
     if info["time_span_s"] is None:
         span, source = _sidecar_time_span(p)
         info["time_span_s"], info["time_source"] = span, source
@@ -114,7 +110,7 @@ def export_sidecar(
 # -- OME-TIFF ---------------------------------------------------------------------
 
 
-def _inspect_tiff(path: str) -> dict[str, Any]:
+def inspect_tiff(path: str) -> dict[str, Any]:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
@@ -185,7 +181,7 @@ def _ome_summary(xml: str) -> dict[str, Any]:
 # -- video --------------------------------------------------------------------------
 
 
-def _inspect_video(path: str, report: dict[str, Any]) -> dict[str, Any]:
+def inspect_video(path: str) -> dict[str, Any]:
     import cv2
 
     cap = cv2.VideoCapture(path)
@@ -200,7 +196,6 @@ def _inspect_video(path: str, report: dict[str, Any]) -> dict[str, Any]:
     finally:
         cap.release()
     fourcc = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00")
-    sink = report.get("sink") or {}
     return {
         "path": path,
         "kind": "video",
@@ -210,10 +205,14 @@ def _inspect_video(path: str, report: dict[str, Any]) -> dict[str, Any]:
         "height": height,
         "fps": fps,
         "fourcc": fourcc,
-        "codec": sink.get("codec"),
         "time_span_s": None,
         "time_source": None,
     }
+
+
+def _video_report(report: dict[str, Any]) -> dict[str, Any]:
+    sink = report.get("sink") or {}
+    return {"codec": sink.get("codec") if isinstance(sink, dict) else None}
 
 
 # -- files beside the data -------------------------------------------------------------
