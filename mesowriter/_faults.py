@@ -1,4 +1,4 @@
-"""Fault injection for tests: a slow, failing or dying disk, on demand.
+"""Fault injection for tests: a slow, failing or dying disk, a power cut.
 
 Only active when a stream is opened with the private `_fault=` argument;
 normal use never reaches this code. Faults are written as
@@ -8,10 +8,23 @@ normal use never reaches this code. Faults are written as
     fail-after:N[:ERRNO]     the write that would pass N frames raises OSError
                              (default ENOSPC, "No space left on device")
     die-after:N              the worker kills itself (SIGKILL) once N frames
-                             are written and journalled
-    die-unjournalled:N       the same, but after the write that passes N
-                             frames and before its journal lines: frames on
-                             disk and linked, yet never confirmed
+                             are committed and journalled
+    die-unjournalled:N       the same, but after the commit that passes N
+                             frames and before its journal lines: frames
+                             durable in the file, yet not in the journal
+    die-after-close          the worker kills itself once the stream is
+                             finalised (journal removed, report written) and
+                             before it tells the parent
+    powercut:N               once N frames are submitted, every byte written
+                             to the data file and the journal since their
+                             last sync is undone, as a power cut would lose
+                             it, and the worker's whole process group is
+                             SIGKILLed (the test runs it in its own session)
+
+The power cut is modelled by `UnsyncedLog`: each write since the last sync
+records the bytes it overwrote and the file's size, and the cut puts them
+back. A completed but unsynced direct write is lost too: drives hold such
+writes in a volatile cache, so nothing durable may depend on them.
 """
 
 from __future__ import annotations
@@ -19,8 +32,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -30,6 +45,8 @@ class Faults:
     fail_errno: int = errno.ENOSPC
     die_after: int | None = None
     die_unjournalled: int | None = None
+    die_after_close: bool = False
+    powercut: int | None = None
 
     @classmethod
     def parse(cls, text: str | None, *, resumed: bool = False) -> Faults:
@@ -47,19 +64,25 @@ class Faults:
                 faults.die_after = int(args[0])
             elif kind == "die-unjournalled":
                 faults.die_unjournalled = None if resumed else int(args[0])
+            elif kind == "die-after-close":
+                faults.die_after_close = not resumed
+            elif kind == "powercut":
+                faults.powercut = int(args[0])
             else:
                 raise ValueError(f"unknown fault {kind!r}")
         return faults
 
     def before_write(self, written: int, count: int) -> None:
-        """Called with frames written so far and the batch size."""
+        """Called with frames submitted so far and the batch size."""
         if self.slow:
             time.sleep(self.slow)
+        if self.powercut is not None and written >= self.powercut:
+            cut_power()
         if self.fail_after is not None and written + count > self.fail_after:
             raise OSError(self.fail_errno, os.strerror(self.fail_errno))
 
     def after_write(self, before: int, written: int) -> None:
-        """Die between a write and its journal lines, once, at the mark."""
+        """Die between a commit and its journal lines, once, at the mark."""
         mark = self.die_unjournalled
         if mark is not None and before < mark <= written:
             _die()
@@ -69,6 +92,131 @@ class Faults:
         if self.die_after is not None and before < self.die_after <= written:
             _die()
 
+    def after_close(self) -> None:
+        if self.die_after_close:
+            _die()
+
 
 def _die() -> None:
     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+# -- the power-cut model ------------------------------------------------------------
+
+
+@dataclass
+class _Undo:
+    offset: int
+    old: bytes
+
+
+@dataclass
+class _FileLog:
+    path: str
+    synced_size: int
+    undo: list[_Undo] = field(default_factory=list)
+
+
+class UnsyncedLog:
+    """What a power cut would take back: every unsynced write, per file."""
+
+    _lock = threading.Lock()
+    _files: dict[str, _FileLog] = {}  # noqa: RUF012 - one per worker process
+
+    @classmethod
+    def record(cls, path: str, offset: int, length: int) -> None:
+        """Keep what a write is about to overwrite (call with the lock held)."""
+        log = cls._files.get(path)
+        if log is None:
+            log = cls._files[path] = _FileLog(path, _size(path))
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            old = fh.read(length)
+        log.undo.append(_Undo(offset, old))
+
+    @classmethod
+    def synced(cls, path: str) -> None:
+        with cls._lock:
+            cls._files[path] = _FileLog(path, _size(path))
+
+    @classmethod
+    def cut(cls) -> None:
+        """Undo every unsynced write, newest first, and the growth of size
+        (call with the lock held)."""
+        for log in cls._files.values():
+            if not os.path.exists(log.path):
+                continue
+            fd = os.open(log.path, os.O_RDWR)
+            try:
+                for undo in reversed(log.undo):
+                    os.pwrite(fd, undo.old, undo.offset)
+                if os.fstat(fd).st_size > log.synced_size:
+                    os.ftruncate(fd, log.synced_size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def cut_power() -> None:
+    """Undo what was not synced, then SIGKILL the process group at once.
+
+    The lock is never released: a write in flight on another thread either
+    landed before the cut (and is undone) or never lands.
+    """
+    UnsyncedLog._lock.acquire()
+    UnsyncedLog.cut()
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class PowerCutFile:
+    """An AlignedFile whose unsynced writes a power cut takes back (tests)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        UnsyncedLog.synced(inner.path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def pwrite(self, buf: Any, offset: int) -> int:
+        with UnsyncedLog._lock:
+            UnsyncedLog.record(self._inner.path, offset, memoryview(buf).nbytes)
+            return int(self._inner.pwrite(buf, offset))
+
+    def pwrite_meta(self, data: Any, offset: int) -> None:
+        with UnsyncedLog._lock:
+            UnsyncedLog.record(self._inner.path, offset, memoryview(data).nbytes)
+            self._inner.pwrite_meta(data, offset)
+
+    def sync(self) -> None:
+        with UnsyncedLog._lock:
+            self._inner.sync()
+        UnsyncedLog.synced(self._inner.path)
+
+
+class PowerCutJournal:
+    """A Journal whose unsynced lines a power cut takes back (tests)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        UnsyncedLog.synced(inner.path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def append(self, entries: Any) -> None:
+        with UnsyncedLog._lock:
+            UnsyncedLog.record(self._inner.path, _size(self._inner.path), 0)
+            self._inner.append(entries)
+
+    def sync(self) -> None:
+        with UnsyncedLog._lock:
+            self._inner.sync()
+        UnsyncedLog.synced(self._inner.path)

@@ -100,6 +100,10 @@ class StreamRunner:
         except BaseException:
             self.ring.close()
             raise
+        if self.faults.powercut is not None and self.journal is not None:
+            from mesowriter._faults import PowerCutJournal
+
+            self.journal = PowerCutJournal(self.journal)  # type: ignore[assignment]
         self.committed = self.ring.read_cursor
         self.next = self.committed
         # Where stores may be seen out of order, only frames a pipe message
@@ -572,6 +576,7 @@ class Worker:
             if runner is None:  # never opened here (a resume that failed)
                 continue
             report = runner.close(close.reason, close.producer, close.extra_metadata)
+            runner.faults.after_close()
             self.send(m.StreamClosed(sid, report.to_json()))
             runner.release()
             progress = True

@@ -44,14 +44,14 @@ def main() -> None:
             except WriterError:
                 break  # the worker is gone
             if fault:
-                time.sleep(0.002)  # paced: the worker writes many small batches
+                time.sleep(0.005)  # paced: several commits before the mark
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (
             stream.error is None if fault else stream._ring.read_cursor < frames
         ):
             time.sleep(0.01)
         on_disk = stream._ring.read_cursor
-        print(f"READY {pid} {stream._ring.name} {on_disk}", flush=True)
+        print(f"READY {pid} {stream.ring.layout.block} {on_disk}", flush=True)
         while True:
             time.sleep(0.05)
 

@@ -21,14 +21,14 @@ import tifffile
 
 import mesowriter
 from mesowriter import StreamReport, WriterError, WriterService
-from mesowriter._ome import sidecar_from_ome_xml
+from mesowriter.sinks._omexml import sidecar_from_ome_xml
 from mesowriter._recover import RecoverError, recover
 from tests.conftest import index_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("_crash_child.py")
 CHILD_SHAPE = (48, 40)
-STRIDE = 4096 + 4096  # IFD page + 48*40*2 pixel bytes padded to a page
+FRAME = 48 * 40 * 2  # pixels are contiguous: frame k at data_offset + k * FRAME
 SHM = Path("/dev/shm")
 
 
@@ -207,13 +207,14 @@ def test_orphaned_worker_finalises_when_the_acquisition_is_killed(
     proc.kill()
     proc.communicate(timeout=10)
     _wait_until(lambda: _pid_gone(int(worker)), "the orphaned worker to exit")
-    report = json.loads(Path(f"{path}_report.json").read_text("utf-8"))
-    assert report["finish_reason"] == "acquisition process exited"
-    assert report["worker"]["frames_written"] == 60
+    report = StreamReport.from_json(Path(f"{path}_report.json").read_bytes())
+    assert report.finish_reason == "acquisition exited"
+    assert report.written_by == "orphaned writer"
+    assert report.frames_written == report.frames_received == 60
     _check_frames(path, list(range(60)), CHILD_SHAPE)
     assert not Path(f"{path}_journal.ndjson").exists()
     # the file was preallocated for 120 frames: the zeros are gone
-    assert os.path.getsize(path) < 8192 + 60 * STRIDE + 100_000
+    assert os.path.getsize(path) < _data_offset(path) + 60 * FRAME + 100_000
     _wait_until(lambda: _shm_gone(shm), "the ring to be unlinked")
     result = recover(path)  # finalised already: nothing to do
     assert not result.recovered and result.frames_declared == 60
@@ -233,21 +234,30 @@ def _dead_run(tmp_path: Path, name: str, mode: str = "dead") -> tuple[Path, int]
     assert Path(f"{path}_journal.ndjson").exists()
     assert not Path(f"{path}_frame_metadata.json").exists()
     # preallocated for 160 frames: zeros follow the last frame
-    assert os.path.getsize(path) >= 8192 + 160 * STRIDE
+    assert os.path.getsize(path) >= _data_offset(path) + 160 * FRAME
     return path, int(on_disk)
 
 
-def _check_recovered(path: Path, n: int) -> None:
-    _check_frames(path, list(range(n)), CHILD_SHAPE)
+def _data_offset(path: Path) -> int:
+    from mesowriter.sinks._tiff_format import newest_block
+
+    with open(path, "rb") as fh:
+        block = newest_block(fh.read(4096))
+    assert block is not None
+    return block.geometry().data_offset
+
+
+def _check_recovered(path: Path, n: int, meta: bool = True) -> None:
+    _check_frames(path, list(range(n)), CHILD_SHAPE, meta=meta)
     _, xml = _series(path)  # the OME-XML carries the same metadata
     assert sidecar_from_ome_xml(xml) == {"p0": _sidecar(path)}
     with tifffile.TiffFile(path) as tf:
         assert len(tf.pages) == n  # no zero page passed off as a frame
-    raw = path.read_bytes()
-    last = 8192 + (n - 1) * STRIDE
-    (n_tags,) = struct.unpack_from("<Q", raw, last)
-    assert struct.unpack_from("<Q", raw, last + 8 + 20 * n_tags) == (0,)  # chain ends
-    data_end = 8192 + n * STRIDE  # where the preallocated zeros began
+        assert tf.series[0].dataoffset == _data_offset(path)
+    mapped = tifffile.memmap(path, mode="r")
+    assert mapped.shape == (n, *CHILD_SHAPE)
+    del mapped
+    data_end = _data_offset(path) + n * FRAME  # where the preallocated zeros began
     assert data_end < os.path.getsize(path) < data_end + 100_000  # + OME-XML
     assert not Path(f"{path}_journal.ndjson").exists()
     report = json.loads(Path(f"{path}_report.json").read_text("utf-8"))
@@ -278,13 +288,14 @@ def test_recover_after_acquisition_and_worker_both_died(tmp_path: Path) -> None:
     assert recover(path).recovered is False  # a second run has nothing to do
 
 
-def test_recover_command_drops_frames_that_were_never_journalled(
+def test_recover_keeps_durable_frames_whose_journal_lines_never_came(
     tmp_path: Path,
 ) -> None:
-    # The worker died between a batch's pixel write and its journal lines:
-    # those frames are linked in the file but unconfirmed and lack metadata.
-    path, committed = _dead_run(tmp_path, "cli.ome.tif", mode="torn")
-    assert 0 < committed < 40
+    # The worker died after a commit made the batch durable (pixels synced,
+    # header block updated) and before its journal lines: the block vouches
+    # for those frames, so they are kept, their metadata marked as lost.
+    path, journalled = _dead_run(tmp_path, "cli.ome.tif", mode="torn")
+    assert 0 < journalled < 40
     jpath = Path(f"{path}_journal.ndjson")
     with jpath.open("ab") as fh:
         fh.write(b'{"i":999,"k":')  # and a torn line at the end of the journal
@@ -297,11 +308,18 @@ def test_recover_command_drops_frames_that_were_never_journalled(
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["frames_on_disk"] >= 40 > committed  # the unconfirmed batch
-    assert result["frames_in_journal"] == committed
-    assert result["frames_declared"] == committed
-    assert any("not journalled" in note for note in result["notes"])
-    _check_recovered(path, committed)
+    kept = result["frames_on_disk"]
+    assert kept >= 40 > journalled  # the batch that crossed the mark
+    assert result["frames_in_journal"] == journalled
+    assert result["frames_declared"] == kept
+    assert any("metadata never reached the journal" in n for n in result["notes"])
+    _check_recovered(path, kept, meta=False)
+    side = _sidecar(path)
+    assert [m["i"] for m in side[:journalled]] == list(range(journalled))
+    assert all(m == {"mesowriter_metadata_lost": True} for m in side[journalled:])
+    report = StreamReport.from_json(Path(f"{path}_report.json").read_bytes())
+    assert len(report.metadata_missing) == kept - journalled
+    assert report.frames_received == report.frames_written + report.frames_dropped
 
 
 def test_recover_refuses_a_file_without_frames(tmp_path: Path) -> None:
@@ -397,7 +415,7 @@ def test_signal_to_the_acquisition_finalises_open_streams(
         assert proc.returncode == code, err
     _check_frames(path, list(range(50)), CHILD_SHAPE)
     report = StreamReport.from_json(Path(f"{path}_report.json").read_bytes())
-    assert report.finish_reason == "canceled" and report.frames_written == 50
+    assert report.finish_reason == "interrupted" and report.frames_written == 50
     assert _shm_gone(shm), "the parent must unlink its ring before exiting"
     _wait_until(lambda: _pid_gone(int(worker)), "the worker to exit")
 
@@ -411,12 +429,12 @@ def test_no_shared_memory_left_after_killed_worker_or_exception(
     with pytest.raises(RuntimeError, match="user code"):
         with WriterService(ring_bytes=1 << 20) as svc:
             stream = svc.open_stream(tmp_path / "k.ome.tiff", shape=shape, dtype="u2")
-            names.append(stream._ring.name)
+            names.append(stream.ring.layout.block)
             stream.write(index_frame(0, shape), {"i": 0, "tag": "ü"})
             os.kill(svc.workers[0], signal.SIGKILL)
             stream.write(index_frame(1, shape), {"i": 1, "tag": "ü"})
             other = svc.open_stream(tmp_path / "e.ome.tiff", shape=shape, dtype="u2")
-            names.append(other._ring.name)
+            names.append(other.ring.layout.block)
             other.write(index_frame(0, shape), {"i": 0, "tag": "ü"})
             raise RuntimeError("user code failed")
     assert all(_shm_gone(n) for n in names)

@@ -197,7 +197,7 @@ class TiffSink(Sink):
         # Scattered frames of a size direct I/O cannot take go through the cache.
         unaligned = self.geo.frame_nbytes % PAGE != 0
         direct = spec.direct_io and not (self.reordered and unaligned)
-        f = self.file = AlignedFile(spec.path, mode=mode, direct=direct)
+        f = self.file = _with_faults(AlignedFile(spec.path, mode=mode, direct=direct), spec)
         self.geo = Geometry(tuple(spec.shape), spec.dtype, _front_capacity(spec))
         if spec.frames is not None:
             self._reserved = self.geo.data_end(spec.frames)
@@ -217,7 +217,10 @@ class TiffSink(Sink):
 
     def _resume(self, resume: ResumeState) -> None:
         """Reopen a file a worker died writing; the ring still holds the rest."""
-        f = self.file = AlignedFile(self.spec.path, mode="resume", direct=self.spec.direct_io)
+        f = self.file = _with_faults(
+            AlignedFile(self.spec.path, mode="resume", direct=self.spec.direct_io),
+            self.spec,
+        )
         block = newest_block(f.pread(PAGE, 0))
         if block is None:
             raise RuntimeError(f"{self.spec.path}: no mesowriter header block to resume from")
@@ -734,6 +737,15 @@ def _first_error(fs: list[Future[Any]]) -> OSError | None:
                 raise exc
             error = exc
     return error
+
+
+def _with_faults(f: AlignedFile, spec: StreamSpec) -> AlignedFile:
+    """Tests only: a file whose unsynced writes a modelled power cut undoes."""
+    if spec.fault and "powercut" in spec.fault:
+        from mesowriter._faults import PowerCutFile
+
+        return PowerCutFile(f)  # type: ignore[return-value]
+    return f
 
 
 def _front_capacity(spec: StreamSpec) -> int:
