@@ -122,6 +122,8 @@ def disk_folder(tmp_path: Path) -> Iterator[Path]:
 def shm_folder() -> Iterator[Path]:
     if not Path("/dev/shm").is_dir() or fs_type(Path("/dev/shm")) != "tmpfs":
         pytest.skip("needs /dev/shm on tmpfs")
+    if shutil.disk_usage("/dev/shm").free < 4 << 30:
+        pytest.skip("/dev/shm has no room for the small plan")
     folder = Path(tempfile.mkdtemp(prefix="mesowriter-doctor-test-", dir="/dev/shm"))
     try:
         yield folder
@@ -236,9 +238,11 @@ def test_plan_that_does_not_fit_fails_and_stale_files_go(disk_folder: Path) -> N
 
 def test_rate_and_memory_beyond_the_machine_fail(disk_folder: Path) -> None:
     ram = psutil.virtual_memory().total
+    if ram > 48 << 30:  # rings of 2048x2048 frames stop at 4096 slots (32 GiB)
+        pytest.skip("this machine holds two of the largest rings")
     code, result = doctor_json(
         str(disk_folder),
-        *("--shape", "2048x2048", "--fps", "20000", "--minutes", "0.001"),
+        *("--shape", "2048x2048", "--fps", "20000", "--minutes", "0.0002"),
         *("--streams", "2", "--ring-gib", "64", *QUICK),
     )
     assert_consistent(code, result)
@@ -249,7 +253,7 @@ def test_rate_and_memory_beyond_the_machine_fail(disk_folder: Path) -> None:
     assert fig["shared_memory"]["rings_bytes"] > ram
     assert checks["memory"]["status"] == "fail"
     assert checks["shared_memory"]["status"] == "fail"
-    assert checks["free_space"]["status"] == "ok"  # 2 x 1.2 s of 8 MiB frames
+    assert checks["free_space"]["status"] == "ok"  # 2 x 240 frames of 8 MiB
     assert fig["real_run"]["streams"] == 2
     assert fig["real_run"]["frames_mismatched"] == 0
     assert list(disk_folder.iterdir()) == []
@@ -265,17 +269,19 @@ def test_rate_and_memory_beyond_the_machine_fail(disk_folder: Path) -> None:
 def test_interrupted_doctor_removes_its_files(
     disk_folder: Path, sig: signal.Signals, file: str, extra: list[str]
 ) -> None:
+    command = ["doctor", str(disk_folder), "--shape", "256x256", *extra]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mesowriter", "doctor", str(disk_folder),
-         "--shape", "256x256", "--minutes", "1", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "mesowriter", *command],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(disk_folder.glob(f".mesowriter-doctor-*/{file}")):
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                "never got there"
-            )
+            assert proc.poll() is None, "the doctor ended before it got there"
+            assert time.monotonic() < deadline, "the doctor never got there"
             time.sleep(0.005)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)

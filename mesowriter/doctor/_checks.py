@@ -368,7 +368,7 @@ def data_rate(plan: Plan, speed: Speed | None) -> Check:
         headroom=round(headroom, 2), worst_round_headroom=round(worst, 2), against=way
     )
     times = f"{headroom:.1f}" if headroom >= 1 else f"{headroom:.2f}"
-    figure = f"{rate(need)} planned, {times}x the {way} speed"
+    figure = f"{rate(need)} planned, {times}x headroom ({way})"
     per_stream = plan.frame_bytes * plan.fps
     absorbs = duration(plan.ring_bytes / per_stream)
     hint = ""
