@@ -1,17 +1,30 @@
-"""The `mesowriter` command line: demo, bench, stress, inspect, recover."""
+"""The `mesowriter` command line: demo, bench, stress, inspect, recover, doctor."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors may be one line with an exit code of
+    their own: the doctor's scripts tell "could not check" from a verdict."""
+
+    one_line_exit: int | None = None
+
+    def error(self, message: str) -> NoReturn:
+        if self.one_line_exit is None:
+            super().error(message)
+        self.exit(self.one_line_exit, f"{self.prog}: error: {message}\n")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -199,9 +212,57 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """Check a rig against a planned run; exit 0 ok, 1 warn, 2 fail, 3 no check."""
+    from mesowriter.doctor import (
+        EXIT_CANNOT_CHECK,
+        EXIT_INTERRUPTED,
+        Plan,
+        PlanError,
+        parse_shape,
+        run_doctor,
+    )
+
+    def gib(value: float, option: str) -> int:
+        if not (math.isfinite(value) and value >= 0):
+            raise PlanError(f"{option} must be a number >= 0, got {value}")
+        return int(value * 2**30)
+
+    def say(message: str) -> None:
+        print(f"doctor: {message}", file=sys.stderr, flush=True)
+
+    try:
+        plan = Plan(
+            shape=parse_shape(args.shape),
+            dtype=args.dtype,
+            fps=args.fps,
+            minutes=args.minutes,
+            streams=args.streams,
+            video_streams=args.video_streams,
+            ring_bytes=gib(args.ring_gib, "--ring-gib"),
+        )
+        report = run_doctor(
+            args.folder,
+            plan,
+            test_bytes=gib(args.test_gib, "--test-gib"),
+            rounds=args.rounds,
+            progress=None if args.json else say,
+        )
+    except PlanError as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc)}))
+        print(f"mesowriter doctor: error: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_CHECK
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (see run_doctor)
+        print("mesowriter doctor: interrupted; its files were removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(json.dumps(report.to_json()) if args.json else report.render())
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesowriter", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser("demo", help="DemoCamera burst through mesowriter")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--frames", type=int, default=300)
@@ -247,14 +308,58 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--keep", action="store_true", help="keep the files")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_stress)
+    _add_doctor(sub)
     return parser
+
+
+# The planned run (defaults: the README's headline camera for an hour) and
+# the size of the speed test.
+_DOCTOR_OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
+    ("--shape", str, "2048x2048", "frame HEIGHTxWIDTH"),
+    ("--dtype", str, "uint16", "pixel type (numpy name)"),
+    ("--fps", float, 100.0, "frames per second"),
+    ("--minutes", float, 60.0, "length of the run"),
+    ("--streams", int, 1, "TIFF cameras of that shape and rate"),
+    ("--video-streams", int, 0, "video cameras beside them (about a core each)"),
+    ("--ring-gib", float, 1.0, "shared-memory ring per stream"),
+    ("--test-gib", float, 2.0, "GiB written each way to measure speed; 0 skips"),
+    ("--rounds", int, 4, "alternating rounds of the speed test"),
+)
+
+
+def _add_doctor(sub: Any) -> None:
+    doc = sub.add_parser(
+        "doctor",
+        help="check a rig against a planned run before it starts",
+        description="Check a rig in the folder a run will write to: direct I/O "
+        "and write speed, free space, shared memory and RAM for the rings, "
+        "codecs, cores, the planned data rate, and a short real run read back. "
+        "Everything it writes is removed.",
+        epilog="exit codes: 0 ok, 1 warn (the run should work; read the "
+        "reasons), 2 fail (the planned run would not fit: space, rate, memory; "
+        "or a check failed), 3 nothing checked (bad option, missing folder), "
+        "130 interrupted (Ctrl-C, SIGTERM)",
+    )
+    doc.one_line_exit = 3  # EXIT_CANNOT_CHECK, without importing the doctor
+    doc.add_argument(
+        "folder", nargs="?", default=".", help="where the run will write (default: .)"
+    )
+    for flag, kind, default, text in _DOCTOR_OPTIONS:
+        doc.add_argument(flag, type=kind, default=default, help=f"{text} ({default})")
+    doc.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    doc.set_defaults(func=_doctor, parser=doc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the suite parses its own options (--quick, ...)
         return _bench(argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # as parse_args, but from the subcommand's parser (its exit code)
+        getattr(args, "parser", parser).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
     return int(args.func(args))
 
 
