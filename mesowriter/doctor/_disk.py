@@ -30,11 +30,9 @@ import numpy as np
 
 from mesowriter._platform import AlignedFile, unlink
 from mesowriter._spec import DEFAULT_WRITE_DEPTH
+from mesowriter._worker import BATCH_BYTES  # the writes the sink makes
 
 PAGE = 4096
-# The worker's batch writes (`BATCH_BYTES` in `_worker`, which is being
-# rewritten: kept here rather than imported, so the doctor keeps working).
-BATCH_BYTES = 32 << 20
 Progress = Callable[[str], None]
 
 
