@@ -4,7 +4,7 @@ Only active when a stream is opened with the private `_fault=` argument;
 normal use never reaches this code. Faults are written as
 `kind[:arg[:arg]]`, several joined by `,`:
 
-    slow:SECONDS             sleep this long before every write
+    slow:SECONDS             a slow disk: sleep this long per frame written
     fail-after:N[:ERRNO]     the write that would pass N frames raises OSError
                              (default ENOSPC, "No space left on device")
     die-after:N              the worker kills itself (SIGKILL) once N frames
@@ -75,7 +75,7 @@ class Faults:
     def before_write(self, written: int, count: int) -> None:
         """Called with frames submitted so far and the batch size."""
         if self.slow:
-            time.sleep(self.slow)
+            time.sleep(self.slow * count)
         if self.powercut is not None and written >= self.powercut:
             cut_power()
         if self.fail_after is not None and written + count > self.fail_after:

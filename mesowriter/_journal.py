@@ -240,15 +240,19 @@ def write_group_sidecar(
 ) -> int:
     """Join every member's journal into the run's one sidecar.
 
-    A member whose journal is gone contributes an empty list (its data file
-    keeps its metadata in the OME-XML annotation). `frames` may say how many
-    frames a member holds where that exceeds its journal (recover).
+    `frames` may say how many frames a member holds where that exceeds its
+    journal (recover); those frames get a marker saying their metadata was
+    lost. A member without a journal and without a count contributes an
+    empty list (its data file keeps its metadata in the OME-XML annotation).
     """
     groups: dict[str, Iterable[bytes]] = {}
     for key, data_path in sidecar.members:
         jpath = journal_path(data_path)
         n = (frames or {}).get(key)
-        groups[key] = journal_metadata(jpath, n) if os.path.exists(jpath) else ()
+        if os.path.exists(jpath):
+            groups[key] = journal_metadata(jpath, n)
+        else:
+            groups[key] = (MISSING_METADATA for _ in range(n or 0))
     return write_sidecar(sidecar, groups, extra)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -143,8 +144,10 @@ class CustomWriter:
         self._undelivered: WriterError | None = None
         self._keys_by_p: dict[int, tuple[str, str]] = {}
         self._expected: dict[int, int | None] = {}
-        self._streams_ref = self._streams
-        weakref.finalize(self, _close_streams, self._streams_ref)
+        self._relay: weakref.ref[threading.Thread] | None = None
+        weakref.finalize(self, _close_streams, self._streams)
+        _running_writers.add(self)
+        _finish_runs_at_exit()
 
     @classmethod
     def _check_filename(cls, name: str) -> None:
@@ -182,6 +185,9 @@ class CustomWriter:
     def sequenceStarted(self, seq: Any, meta: Mapping[str, Any] | None = None) -> None:
         """Plan every file of the run and open them before the first frame."""
         self._reset()
+        here = threading.current_thread()
+        if here is not threading.main_thread() and hasattr(here, "stop"):
+            self._relay = weakref.ref(here)  # pymmcore-plus's relay thread
         self._sequence_json, dropped = sequence_json(seq) if seq is not None else (None, 0)
         if dropped:
             self.notes.append(
@@ -308,7 +314,9 @@ class CustomWriter:
 
     def sequenceFinished(self, seq: Any = None) -> None:
         """Finalise every file and the sidecar; raise if anything was lost or failed."""
-        reason = "canceled" if self._canceled else "completed"
+        self._finish("canceled" if self._canceled else "completed")
+
+    def _finish(self, reason: str) -> None:
         for key, lost in self._lost.items():
             self._record(
                 f"{lost} frame(s) of {key!r} were not written: its file could not "
@@ -386,7 +394,7 @@ class CustomWriter:
         """
         if self._streams:
             try:
-                self.sequenceFinished(None)
+                self._finish("canceled")
             except WriterError:
                 pass
         if self._own_service:
@@ -478,6 +486,47 @@ class CustomWriter:
         if isinstance(inner, dict):
             data = inner
         return {k: v for k, v in data.items() if isinstance(v, list)}
+
+
+    def _finish_at_exit(self) -> None:
+        """The interpreter is exiting mid-run (Ctrl-C escaped `core.mda.run`).
+
+        pymmcore-plus then never stops its relay thread, and the interpreter
+        would wait for it forever: let it hand over the frames it still
+        holds, stop it, and finalise the files as interrupted.
+        """
+        relay = self._relay() if self._relay is not None else None
+        if relay is not None and relay.is_alive() and self._streams:
+            relay.stop()  # type: ignore[attr-defined]
+            relay.join(60)
+        if self._streams:
+            with suppress(Exception):
+                self._finish("interrupted")
+
+
+_running_writers: weakref.WeakSet[CustomWriter] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_set = False
+
+
+def _finish_runs_at_exit() -> None:
+    """Once: finish open runs when the interpreter starts shutting down,
+    before it joins threads (where a never-stopped relay thread hangs it)."""
+    global _exit_hook_set
+    with _exit_hook_lock:
+        if _exit_hook_set:
+            return
+        _exit_hook_set = True
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - every supported Python has it
+        return
+
+    def finish() -> None:
+        for writer in list(_running_writers):
+            writer._finish_at_exit()
+
+    with suppress(RuntimeError):  # already shutting down
+        register(finish)
 
 
 def _close_streams(streams: dict[str, Stream]) -> None:

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from mesowriter._journal import MISSING_METADATA, read_header, scan, write_group_sidecar
-from mesowriter._platform import FileLockedError, atomic_write, unlink
+from mesowriter._platform import FileLockedError, atomic_write, probe_lock, unlink
 from mesowriter._report import FinishReason, StreamReport, dropped_from
 from mesowriter._spec import SidecarSpec, StreamSpec, journal_path, report_path
 from mesowriter.sinks._base import ResumeState
@@ -49,6 +49,13 @@ def recover_tiff(path: str, *, overwrite_sidecar: bool = True) -> Any:
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         page0 = fh.read(PAGE)
+    if probe_lock(path):
+        owner = newest_block(page0)
+        raise RecoverError(
+            f"{path} is being written by a live mesowriter process"
+            f"{f' ({owner.owner})' if owner is not None else ''}; recover refuses "
+            "to touch it (run it again once that writer has exited)"
+        )
     try:
         read_tiff_header(page0)
     except ValueError:
@@ -221,7 +228,7 @@ def _finish_group(
                 f"{side.path} is written once every file of the run is final"
             )
             return None
-    if not any(os.path.exists(journal_path(p)) for _, p in side.members):
+    if not counts and not any(os.path.exists(journal_path(p)) for _, p in side.members):
         return side.path if os.path.exists(side.path) else None
     try:
         write_group_sidecar(side, extra=spec.extra_metadata, frames=counts)
