@@ -559,3 +559,28 @@ def test_numpy_trial_numbers_in_event_metadata_reach_the_sidecar(
     sidecar = json.loads(Path(f"{path}_frame_metadata.json").read_text())
     trials = [m["mda_event"]["metadata"]["trial"] for m in sidecar["p0"]]
     assert trials == [0, 1, 2, 3, 4]
+
+
+# NaN tokens are what the legacy sidecar held and what Python readers read back,
+# but `_journal` decodes each record with msgspec, which refuses them: the
+# journal then ends at the first NaN frame and every later frame drops out of
+# the OME-XML, the sidecar and the report. `_untrusted.parse_journal_record`
+# reads such lines; `_journal.scan`/`iter_records` must fall back to it.
+@pytest.mark.xfail(
+    strict=True,
+    reason="_journal decodes records with msgspec, which refuses NaN tokens",
+)
+def test_nan_metadata_through_the_writer_keeps_every_frame(tmp_path: Path) -> None:
+    from mesowriter import WriterService
+
+    path = tmp_path / "nan.ome.tiff"
+    with WriterService(ring_bytes=8 << 20, workers=1) as svc:
+        stream = svc.open_stream(path, shape=(8, 8), dtype="uint16", frames=4)
+        for i in range(4):
+            value = math.nan if i == 1 else float(i)
+            stream.write(np.full((8, 8), i, np.uint16), {"i": i, "v": value})
+        report = stream.close(check=False)
+    sidecar = json.loads(Path(f"{path}_frame_metadata.json").read_text())
+    assert [m["i"] for m in sidecar["p0"]] == [0, 1, 2, 3]
+    assert math.isnan(sidecar["p0"][1]["v"])
+    assert report.frames_written == 4 and report.frames_dropped == 0
