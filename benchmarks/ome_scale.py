@@ -19,7 +19,7 @@ import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
-from mesowriter._ome import build_ome_xml
+from mesowriter.sinks._omexml import build_ome_xml
 
 CHANNELS = ["DAPI", "FITC", "Cy5", "Rhodamine"]
 NZ = 10

@@ -30,21 +30,21 @@ from xml.etree import ElementTree
 
 import msgspec
 
-from mesowriter._journal import atomic_write
-from mesowriter._ome import FRAME_METADATA_NS, sidecar_from_ome_xml
+from mesowriter._platform import atomic_write
 from mesowriter._spec import report_path, sidecar_path
 from mesowriter._untrusted import (
     BadFileError,
     TiffFacts,
+    check_imagej,
     check_input_file,
     check_ome,
     parse_xml,
     read_tiff,
 )
-from mesowriter.sinks import VIDEO_SUFFIXES
-from mesowriter.sinks._tiff import tiff_suffix
+from mesowriter.sinks import kind_for_path, sink_class
+from mesowriter.sinks._omexml import FRAME_METADATA_NS, sidecar_from_ome_xml
 
-__all__ = ["BadFileError", "export_sidecar", "inspect_file"]
+__all__ = ["BadFileError", "export_sidecar", "inspect_file", "inspect_tiff"]
 
 _OME = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 _TO_SECONDS = {
@@ -58,12 +58,12 @@ _TO_SECONDS = {
 # Companion JSON files (report, sidecar) larger than this are not read.
 MAX_COMPANION_BYTES = 512 << 20
 # tifffile series kinds that take layout claims from descriptions or private
-# tags we do not check: inspect lets tifffile build only the OME series
-# (checked first) or one series of all pages.
-_UNCHECKED_SERIES = (
-    "shaped", "lsm", "mmstack", "imagej", "ndtiff", "fluoview", "stk", "sis",
-    "svs", "scn", "qpi", "ndpi", "bif", "avs", "eer", "philips", "scanimage",
-    "nih", "mdgel", "indica",
+# tags: inspect lets tifffile build only the OME or ImageJ series whose
+# description it has checked first, or else one series of all pages.
+_CLAIMED_SERIES = (
+    "shaped", "lsm", "mmstack", "ome", "imagej", "ndtiff", "fluoview", "stk",
+    "sis", "svs", "scn", "qpi", "ndpi", "bif", "avs", "eer", "philips",
+    "scanimage", "nih", "mdgel", "indica",
 )  # fmt: skip
 
 
@@ -85,13 +85,15 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not os.path.lexists(p):
         raise FileNotFoundError(f"{p}: no such file")
     check_input_file(p)
+    try:
+        kind = kind_for_path(p)
+    except ValueError as exc:
+        raise BadFileError(str(exc)) from None
     report = _load_report(p)
-    if p.lower().endswith(VIDEO_SUFFIXES):
+    if kind == "video":
         info = _inspect_video(p, report)
-    elif tiff_suffix(p) is not None:
-        info = _inspect_tiff(p)
-    else:
-        raise BadFileError(f"{p}: not an OME-TIFF or video {VIDEO_SUFFIXES} file")
+    else:  # the format's sink knows how to read it (for TIFF: `inspect_tiff`)
+        info = sink_class(kind).inspect(p)
     if info["time_span_s"] is None:
         span, source = _sidecar_time_span(p)
         info["time_span_s"], info["time_source"] = span, source
@@ -157,23 +159,30 @@ def export_sidecar(
 # -- OME-TIFF ---------------------------------------------------------------------
 
 
-def _inspect_tiff(path: str) -> dict[str, Any]:
+def inspect_tiff(path: str) -> dict[str, Any]:
+    """What a reader sees in an OME-TIFF or ImageJ TIFF, once it checks out."""
     facts = read_tiff(path)
     xml = _ome_xml(facts)
     root = None
+    trusted: set[str] = set()
+    imagej_planes = None
     if xml:
         root = parse_xml(xml, source=path)
         check_ome(root, source=path, file_size=facts.file_size, ifds=facts.ifds)
+        trusted.add("ome")
+    elif (facts.description or b"").startswith(b"ImageJ="):
+        imagej_planes = check_imagej(facts.description or b"", facts, source=path)
+        trusted.add("imagej")
     with _reader_log() as reader_warnings:
         try:
-            shape, axes, dtype = _tifffile_series(path)
+            shape, axes, dtype = _tifffile_series(path, trusted)
         except Exception as exc:
             raise BadFileError(
                 f"{path}: tifffile cannot read it ({type(exc).__name__}: {exc})"
             ) from exc
     info: dict[str, Any] = {
         "path": path,
-        "kind": "ome-tiff",
+        "kind": "ome-tiff" if root is not None else "tiff",
         "shape": shape,
         "axes": axes,
         "dtype": dtype,
@@ -181,6 +190,8 @@ def _inspect_tiff(path: str) -> dict[str, Any]:
         "ome_xml_bytes": len(xml),
     }
     info.update(_ome_summary(root, path))
+    if imagej_planes is not None:
+        info["frames_declared"] = imagej_planes
     info["reader_warnings"] = reader_warnings
     return info
 
@@ -198,13 +209,21 @@ def _ome_xml(facts: TiffFacts) -> str:
         ) from None
 
 
-def _tifffile_series(path: str) -> tuple[list[int] | None, str | None, str | None]:
-    """What a reader sees: the first series' shape, axes and dtype."""
+def _tifffile_series(
+    path: str, trusted: set[str]
+) -> tuple[list[int] | None, str | None, str | None]:
+    """What a reader sees: the first series' shape, axes and dtype.
+
+    tifffile builds only the series kinds in `trusted` (checked), never
+    follows an OME-XML to other files.
+    """
     import tifffile
 
     known = getattr(tifffile.TIFF, "FILE_FLAGS", ())
     options: dict[str, Any] = {"_multifile": False}
-    options.update((f"is_{k}", False) for k in _UNCHECKED_SERIES if k in known)
+    options.update(
+        (f"is_{k}", False) for k in _CLAIMED_SERIES if k in known and k not in trusted
+    )
     try:
         tf = tifffile.TiffFile(path, **options)
     except TypeError:  # a tifffile without these options

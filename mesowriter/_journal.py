@@ -1,28 +1,55 @@
 """The metadata journal and the legacy sidecar it becomes.
 
-While a stream is open its worker appends one JSON line per frame written
-(frame index, file position and the metadata bytes exactly as the producer
-encoded them). A crash keeps every complete line; the first line says what
-the stream was. At completion the journal becomes the legacy sidecar::
+While a stream is open its worker appends one line per frame committed:
+frame index, file position and the metadata bytes exactly as the producer
+encoded them, then syncs, once per commit (after the pixels' own sync, so
+the journal never vouches for a frame whose pixels are not durable). A crash
+keeps every complete line; the first line says what the stream was::
 
-    <data file>_frame_metadata.json = {"<position key>": [meta, meta, ...]}
+    {"mesowriter_journal": 2, "spec": {...}}
+    {"i":0,"k":0,"m":{...metadata...}}
+    ...
+
+A record line is parsed by its fixed prefix, never by a JSON parser, so
+metadata holding the tokens NaN or Infinity (see `mesowriter._metadata`)
+cannot make a record unreadable. The journal is created under an
+unpredictable name, opened exclusively (no planted symlink is followed),
+synced, then renamed into place.
+
+At the end the journals of a run become the one legacy sidecar::
+
+    <filename>_frame_metadata.json = {"<key>": [meta, meta, ...], ...}
 
 built by joining the stored JSON bytes, never re-encoding them, and written
-atomically (temporary file, then rename).
+atomically.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
 from typing import Any
 
 import msgspec
 
-from mesowriter._spec import StreamSpec
+from mesowriter._platform import (
+    O_BINARY,
+    O_NOFOLLOW,
+    atomic_write,
+    fsync_dir,
+    open_exclusive,
+    os_path,
+    replace,
+    temp_sibling,
+    unlink,
+)
+from mesowriter._spec import SidecarSpec, StreamSpec, journal_path
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
+MISSING_METADATA = b'{"mesowriter_metadata_lost":true}'
+_RECORD = re.compile(rb'\{"i":(-?\d{1,19}),"k":(-?\d{1,19}),"m":')
+_O_APPEND = os.O_WRONLY | os.O_APPEND | O_BINARY | O_NOFOLLOW
 
 
 class JournalHeader(msgspec.Struct, frozen=True):
@@ -30,19 +57,12 @@ class JournalHeader(msgspec.Struct, frozen=True):
     spec: StreamSpec
 
 
-class JournalRecord(msgspec.Struct, frozen=True):
-    i: int  # the stream's frame index (order of receipt)
-    k: int  # position in the data file
-    m: msgspec.Raw  # metadata JSON, verbatim
-
-
 _header_decoder = msgspec.json.Decoder(JournalHeader)
-_record_decoder = msgspec.json.Decoder(JournalRecord)
 _encoder = msgspec.json.Encoder()
 
 
 class Journal:
-    """Append-only, newline-delimited JSON; its valid prefix survives a crash."""
+    """Append-only lines; its valid prefix survives a crash."""
 
     def __init__(self, path: str, fd: int, records: int) -> None:
         self.path = path
@@ -50,31 +70,47 @@ class Journal:
         self.records = records
 
     @classmethod
-    def create(cls, path: str, spec: StreamSpec) -> Journal:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        os.write(fd, _encoder.encode(JournalHeader(JOURNAL_VERSION, spec)) + b"\n")
+    def create(cls, spec: StreamSpec) -> Journal:
+        """A new journal holding `spec`, durable (name included) on return."""
+        path = journal_path(spec.path)
+        tmp = temp_sibling(path)
+        fd = open_exclusive(tmp)
+        try:
+            _write_all(fd, _encoder.encode(JournalHeader(JOURNAL_VERSION, spec)) + b"\n")
+            os.fsync(fd)
+            replace(tmp, path)
+        except BaseException:
+            os.close(fd)
+            unlink(tmp)
+            raise
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
         return cls(path, fd, 0)
 
     @classmethod
-    def reopen(cls, path: str) -> Journal:
-        """Reopen after a crash: drop a torn last line, keep the rest."""
-        header, records, valid_bytes = scan(path)
+    def reopen(cls, path: str, keep: int) -> Journal:
+        """Reopen after a worker died, keeping the first `keep` records (the
+        frames the ring says were committed; later ones are written again)."""
+        header, records, ends = scan(path)
         del header
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.ftruncate(fd, valid_bytes)
-        return cls(path, fd, len(records))
+        if len(records) < keep:
+            raise ValueError(
+                f"{path}: journal holds {len(records)} records, the ring says "
+                f"{keep} frames were committed"
+            )
+        fd = os.open(os_path(path), _O_APPEND)
+        os.ftruncate(fd, ends[keep])
+        return cls(path, fd, keep)
 
-    def append(self, entries: list[tuple[int, int, bytes]]) -> None:
-        """Record frames (index, file position, metadata JSON) as written."""
+    def append(self, entries: Iterable[tuple[int, int, bytes]]) -> None:
+        """Record frames (index, file position, metadata JSON) as committed."""
         lines = [
             b'{"i":%d,"k":%d,"m":%s}\n' % (i, k, m or b"{}") for i, k, m in entries
         ]
-        data = b"".join(lines)
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self.records += len(entries)
+        _write_all(self._fd, b"".join(lines))
+        self.records += len(lines)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -83,106 +119,148 @@ class Journal:
 
     def remove(self) -> None:
         self.close()
-        with suppress(FileNotFoundError):
-            os.unlink(self.path)
+        unlink(self.path)
 
 
-def scan(path: str) -> tuple[JournalHeader, list[JournalRecord], int]:
-    """Read a journal: its header, its complete records, its valid length."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    first = data.find(b"\n")
-    if first < 0:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def parse_record(line: bytes) -> tuple[int, int, bytes] | None:
+    """(index, position, metadata) of one complete line, or None if torn."""
+    m = _RECORD.match(line)
+    if m is None or not line.endswith(b"}\n"):
+        return None
+    return int(m.group(1)), int(m.group(2)), line[m.end() : -2]
+
+
+def read_header(path: str) -> JournalHeader:
+    """The journal's first line; ValueError if it is absent or malformed."""
+    with open(os_path(path), "rb") as fh:
+        first = fh.readline(16 * 1024 * 1024)
+    if not first.endswith(b"\n"):
         raise ValueError(f"{path}: journal has no complete header")
-    header = _header_decoder.decode(data[:first])
-    records: list[JournalRecord] = []
-    pos = first + 1
-    while True:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            break
-        try:
-            records.append(_record_decoder.decode(data[pos:end]))
-        except msgspec.DecodeError:
-            break
-        pos = end + 1
-    return header, records, pos
+    try:
+        return _header_decoder.decode(first)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"{path}: journal header is malformed: {exc}") from exc
 
 
-def iter_records(path: str) -> Iterator[tuple[int, bytes]]:
-    """(frame index, metadata JSON) of every journalled frame, in file order.
+def scan(path: str) -> tuple[JournalHeader, list[tuple[int, int, bytes]], list[int]]:
+    """A journal's header, its complete records and the byte offset after
+    the header and after each record (`ends[n]` = length keeping n)."""
+    header = read_header(path)
+    records: list[tuple[int, int, bytes]] = []
+    with open(os_path(path), "rb", buffering=1 << 20) as fh:
+        pos = len(fh.readline())
+        ends = [pos]
+        for line in fh:
+            rec = parse_record(line)
+            if rec is None:
+                break
+            records.append(rec)
+            pos += len(line)
+            ends.append(pos)
+    return header, records, ends
+
+
+def iter_records(path: str, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(frame index, metadata JSON) of the journalled frames, in order.
 
     Reads one line at a time, so finalising a 100 000-frame stream never
-    holds the journal in memory; stops at a torn last line, like `scan`.
+    holds the journal in memory; stops at a torn last line.
     """
-    with open(path, "rb", buffering=1 << 20) as fh:
+    n = 0
+    with open(os_path(path), "rb", buffering=1 << 20) as fh:
         fh.readline()  # the header
         for line in fh:
-            if not line.endswith(b"\n"):
+            if limit is not None and n >= limit:
                 return
-            try:
-                rec = _record_decoder.decode(line[:-1])
-            except msgspec.DecodeError:
+            rec = parse_record(line)
+            if rec is None:
                 return
-            yield rec.i, bytes(rec.m)
+            yield rec[0], rec[2]
+            n += 1
 
 
 def write_sidecar(
-    path: str,
+    sidecar: SidecarSpec,
     groups: dict[str, Iterable[bytes]],
     extra: dict[str, Any] | None = None,
 ) -> int:
-    """Write {key: [meta, ...], **extra} atomically; return the items written.
-
-    Items are already-encoded JSON, streamed to a temporary file and joined
-    without re-encoding, then the file is synced and renamed into place.
-    """
+    """Write the sidecar atomically from already-encoded items; return how
+    many were written. Items are joined without re-encoding."""
     count = 0
-    with _replacing(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
-        fh.write(b"{")
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal count
+        nested = sidecar.layout == "frame_metadatas"
+        yield b'{"frame_metadatas":{' if nested else b"{"
         first = True
         for key, items in groups.items():
-            if not first:
-                fh.write(b",")
+            yield (b"" if first else b",") + _encoder.encode(key) + b":["
             first = False
-            fh.write(_encoder.encode(key) + b":[")
             for n, item in enumerate(items):
-                fh.write(b"," + item if n else item)
+                yield b"," + item if n else item
                 count += 1
-            fh.write(b"]")
-        for key, value in (extra or {}).items():
-            if not first:
-                fh.write(b",")
+            yield b"]"
+        if nested:
+            yield b"}"
             first = False
-            fh.write(_encoder.encode(key) + b":" + _encoder.encode(value))
-        fh.write(b"}")
-        fh.flush()
-        os.fsync(fh.fileno())
+        for key, value in (extra or {}).items():
+            if nested and key == "frame_metadatas":
+                continue
+            yield (b"" if first else b",") + _encoder.encode(key) + b":"
+            yield _encoder.encode(value)
+            first = False
+        yield b"}"
+
+    atomic_write(sidecar.path, chunks())
     return count
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary sibling, sync it, then rename it into place."""
-    with _replacing(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def journal_metadata(path: str, frames: int | None = None) -> Iterator[bytes]:
+    """The metadata of a journal's frames; `frames` beyond the records are
+    frames whose pixels are durable but whose metadata was lost (marked)."""
+    n = 0
+    for _, meta in iter_records(path, frames):
+        yield meta
+        n += 1
+    while frames is not None and n < frames:
+        yield MISSING_METADATA
+        n += 1
 
 
-@contextmanager
-def _replacing(path: str) -> Iterator[str]:
-    """A temporary sibling of `path` to write; renamed onto `path` if the
-    block succeeds, removed if it fails (a full disk leaves no debris)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        yield tmp
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.replace(tmp, path)
+def write_group_sidecar(
+    sidecar: SidecarSpec,
+    extra: dict[str, Any] | None = None,
+    frames: dict[str, int] | None = None,
+) -> int:
+    """Join every member's journal into the run's one sidecar.
+
+    A member whose journal is gone contributes an empty list (its data file
+    keeps its metadata in the OME-XML annotation). `frames` may say how many
+    frames a member holds where that exceeds its journal (recover).
+    """
+    groups: dict[str, Iterable[bytes]] = {}
+    for key, data_path in sidecar.members:
+        jpath = journal_path(data_path)
+        n = (frames or {}).get(key)
+        groups[key] = journal_metadata(jpath, n) if os.path.exists(jpath) else ()
+    return write_sidecar(sidecar, groups, extra)
+
+
+__all__ = [
+    "MISSING_METADATA",
+    "Journal",
+    "JournalHeader",
+    "atomic_write",
+    "iter_records",
+    "journal_metadata",
+    "read_header",
+    "scan",
+    "write_group_sidecar",
+    "write_sidecar",
+]

@@ -3,13 +3,18 @@
 Pixels never travel here: they sit in the ring. These small msgspec structs
 travel over one pipe in each direction per worker::
 
-    parent -> worker   OpenStream, Doorbell, WantSpace, CloseStream, Shutdown
-    worker -> parent   StreamOpened, Space, StreamFailed, StreamClosed
+    parent -> worker   MapBlock, UnmapBlock, OpenStream, Doorbell, WantSpace,
+                       CloseStream, Shutdown
+    worker -> parent   BlockMapped, StreamOpened, Space, StreamFailed,
+                       StreamClosed
 
+`MapBlock` hands a worker a pool block as soon as it exists, so the worker
+maps and pre-faults it before any stream needs it (a warm start).
 `Doorbell` says "frames were published on this stream" (the cursor in the
 ring says how many). `WantSpace` is how a producer facing a full ring asks
-to be woken: it is a message in the same ordered pipe, not a shared flag, so
-the worker cannot miss it.
+to be woken: a message in the same ordered pipe, not a shared flag, so the
+worker cannot miss it. `CloseStream` carries what only the producer knows,
+so the worker writes the complete report even if the producer then dies.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from mesowriter._report import ProducerStats
 from mesowriter._ring import RingLayout
 from mesowriter._spec import StreamSpec
 
@@ -29,6 +35,14 @@ class RemoteError(msgspec.Struct, frozen=True):
     message: str
     traceback: str
     errno: int | None = None
+
+
+class MapBlock(msgspec.Struct, frozen=True, tag=True):
+    name: str
+
+
+class UnmapBlock(msgspec.Struct, frozen=True, tag=True):
+    name: str
 
 
 class OpenStream(msgspec.Struct, frozen=True, tag=True):
@@ -52,12 +66,18 @@ class CloseStream(msgspec.Struct, frozen=True, tag=True):
     stream_id: int
     published: int  # frames the producer published in all
     reason: str
+    producer: ProducerStats
     # Known only at the end (CV2Writer.finish): merged into the sidecar.
     extra_metadata: dict[str, Any] | None = None
 
 
 class Shutdown(msgspec.Struct, frozen=True, tag=True):
     pass
+
+
+class BlockMapped(msgspec.Struct, frozen=True, tag=True):
+    name: str
+    error: str | None = None
 
 
 class StreamOpened(msgspec.Struct, frozen=True, tag=True):
@@ -77,11 +97,11 @@ class StreamFailed(msgspec.Struct, frozen=True, tag=True):
 
 class StreamClosed(msgspec.Struct, frozen=True, tag=True):
     stream_id: int
-    report: dict[str, Any]
+    report: bytes  # StreamReport JSON
 
 
-ToWorker = OpenStream | Doorbell | WantSpace | CloseStream | Shutdown
-ToParent = StreamOpened | Space | StreamFailed | StreamClosed
+ToWorker = MapBlock | UnmapBlock | OpenStream | Doorbell | WantSpace | CloseStream | Shutdown
+ToParent = BlockMapped | StreamOpened | Space | StreamFailed | StreamClosed
 
 encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

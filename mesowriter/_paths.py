@@ -1,40 +1,60 @@
-"""Path checks made in the user's process, before any camera starts."""
+"""Path checks made in the user's process, before any camera starts.
+
+A run creates a data file and companions beside it (journal, report,
+sidecar). All of their names are checked here, at open: length, a folder in
+the way, an existing file, a live writer owning it, the free space the first
+frames need. An open that is refused changes nothing on disk: the previous
+run's files survive, and with `overwrite=True` they are replaced only when
+the new run has its data file (the worker locks it first).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
-from contextlib import suppress
-from pathlib import Path
 
-from mesowriter._spec import journal_path, report_path, sidecar_path
+from mesowriter._platform import check_file_name, probe_lock
+from mesowriter._spec import journal_path, report_path
+
+NAME_MAX = 255
 
 
-def prepare_output_path(path: str | os.PathLike[str], overwrite: bool) -> str:
-    """Validate `path` for a new data file and return it absolute.
-
-    Raises a clear error for an empty name, a folder, an existing file
-    without `overwrite`, a leftover journal of an unfinished run, or a folder
-    that cannot be created or written to.
-    """
+def prepare_output_path(
+    path: str | os.PathLike[str],
+    overwrite: bool,
+    *,
+    sidecar: str | None = None,
+    space_needed: int = 0,
+) -> str:
+    """Validate `path` and its companions for a new data file; return it
+    absolute. Creates the folder if needed, and nothing else."""
     raw = os.fspath(path)
     if not raw or raw.endswith(("/", os.sep)):
         raise ValueError(f"{raw!r} is not a file name")
-    target = Path(normalised_path(raw))
-    if target.is_dir():
+    target = normalised_path(raw)
+    check_file_name(target)
+    if os.path.isdir(target):
         raise IsADirectoryError(f"{target} is a folder, not a data file name")
-    journal = Path(journal_path(str(target)))
+    companions = [journal_path(target), report_path(target)]
+    if sidecar is not None:
+        companions.append(normalised_path(sidecar))
+    for name in (target, *companions):
+        _check_length(name)
+    for name in companions:
+        if os.path.isdir(name):
+            raise IsADirectoryError(f"{name} is a folder; the run needs that name")
+    if os.path.lexists(target) and probe_lock(target):
+        raise FileExistsError(
+            f"{target} is being written by a live mesowriter process; it cannot "
+            "be replaced while that writer owns it: choose another name"
+        )
     if not overwrite:
-        if target.exists():
-            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        if journal.exists():
-            raise FileExistsError(
-                f"{journal} holds the journal of an unfinished run; run "
-                f"`mesowriter recover {target}` or pass overwrite=True"
-            )
-    folder = target.parent
+        _refuse_existing(target, companions)
+    folder = os.path.dirname(target)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise PermissionError(f"cannot create the folder {folder}: {exc}") from exc
     try:
@@ -43,11 +63,44 @@ def prepare_output_path(path: str | os.PathLike[str], overwrite: bool) -> str:
         raise PermissionError(f"cannot write into {folder}: {exc}") from exc
     os.close(fd)
     os.unlink(probe)
-    if overwrite:
-        for stale in (sidecar_path(str(target)), report_path(str(target)), journal):
-            with suppress(FileNotFoundError):
-                os.unlink(stale)
-    return str(target)
+    if space_needed:
+        free = shutil.disk_usage(folder).free
+        if free < space_needed:
+            raise OSError(
+                errno.ENOSPC,
+                f"{folder} has {free / 2**20:.0f} MiB free; this stream needs "
+                f"{space_needed / 2**20:.0f} MiB before its first frame",
+            )
+    return target
+
+
+def _refuse_existing(target: str, companions: list[str]) -> None:
+    journal = journal_path(target)
+    if os.path.lexists(target):
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    if os.path.lexists(journal):
+        raise FileExistsError(
+            f"{journal} holds the journal of an unfinished run; run "
+            f"`mesowriter recover {target}` or pass overwrite=True"
+        )
+    for name in companions:
+        if os.path.lexists(name):
+            raise FileExistsError(
+                f"{name} is left from another run (its data file {target} is not "
+                "there: moved away?); move it or pass overwrite=True"
+            )
+
+
+def _check_length(path: str) -> None:
+    """One name at most NAME_MAX bytes (and UTF-16 units, for NTFS)."""
+    leaf = os.path.basename(path)
+    size = max(len(os.fsencode(leaf)), len(leaf.encode("utf-16-le")) // 2)
+    if size > NAME_MAX:
+        raise ValueError(
+            f"{leaf[:40]}... is {size} bytes long; file names hold at most "
+            f"{NAME_MAX} (shorten the data file name: its companions add up to "
+            "20 characters)"
+        )
 
 
 def normalised_path(path: str | os.PathLike[str]) -> str:
@@ -56,9 +109,11 @@ def normalised_path(path: str | os.PathLike[str]) -> str:
 
 
 def position_path(path: str, key: str) -> str:
-    """`run.ome.tiff` -> `run_p1.ome.tiff`: one data file per position."""
-    from mesowriter.sinks._tiff import tiff_suffix
+    """`run.ome.tiff` -> `run_p1.ome.tiff`: one data file per position.
 
-    suffix = tiff_suffix(path) or os.path.splitext(path)[1]
-    stem = path[: len(path) - len(suffix)] if suffix else path
+    `key` must already be one safe path component (see `_names`).
+    """
+    from mesowriter.sinks import split_suffix
+
+    stem, suffix = split_suffix(path)
     return f"{stem}_{key}{suffix}"

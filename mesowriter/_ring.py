@@ -1,29 +1,33 @@
-"""The frame ring: one shared-memory block of fixed-size, page-aligned slots.
+"""The frame ring: a region of a shared-memory block, holding fixed-size slots.
 
-The ring is both the pixel store and the record of progress, so that a
+A ring is both the pixel store and the record of progress, so that a
 replacement worker can resume from it alone::
 
-    offset 0      header page: layout + two cursors
-                    write_cursor  frames published by the producer
-                    read_cursor   frames durably written by the worker
-    offset 4096   metadata area: per slot, u32 length + JSON bytes
-    data_offset   slots: [sink prefix][pixels, padded to 4096] x n_slots
+    region + 0        header page: layout + cursors
+                        write_cursor  frames published by the producer
+                        read_cursor   frames committed (durable) by the worker
+                        received      frames handed to write() (with drops)
+    region + 4096     metadata area: per slot, u64 length, u64 stream index,
+                      JSON bytes
+    region + data     slots: frame k in slot k % n_slots, back to back
+                      (stride = frame bytes), so consecutive frames are
+                      consecutive bytes and a batch is one buffer
 
 Frame `seq` lives in slot `seq % n_slots`. The producer (the acquisition
-process) only ever advances `write_cursor`; the worker only ever advances
-`read_cursor`. A slot is free for frame `seq` once `seq - read_cursor <
-n_slots`. Each cursor is an aligned 8-byte word with a single writer, so no
-lock is needed. A third word, `worker_asleep`, tells the producer whether
-the worker waits on its pipe; the producer rings the doorbell only then, so
-that a busy worker is not woken once per frame (see `Stream.write`).
+process) only ever advances `write_cursor` and `received`; the worker only
+ever advances `read_cursor`. A slot is free for frame `seq` once
+`seq - read_cursor < n_slots`. Each cursor is an aligned 8-byte word with a
+single writer, so no lock is needed. A word `worker_asleep` tells the
+producer whether the worker waits on its pipe (see `Stream.write`).
 
 Ordering: pixels are copied before `write_cursor` moves. On x86-64 stores
 become visible in program order, so a worker that sees the cursor sees the
 pixels. On other CPUs the producer rings the doorbell after every frame: the
 pipe's kernel lock orders the stores for the worker that reads it.
 
-Only the creator unlinks the block, exactly once. Attaching processes never
-let their resource tracker claim it.
+Blocks (`SharedBlock`) belong to the pool (`mesowriter._pool`): only the
+creator unlinks a block, exactly once; attaching processes never let their
+resource tracker claim it.
 """
 
 from __future__ import annotations
@@ -32,24 +36,24 @@ import mmap
 import os
 import platform
 import sys
-from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import Any
 
 import msgspec
 import numpy as np
 
 PAGE = 4096
-MAGIC = 0x4D45534F52494E47  # "MESORING"
-RING_VERSION = 2
+MAGIC = 0x4D45534F52494E47  # "MESORING", first word of every block and region
+RING_VERSION = 3
 DEFAULT_METADATA_BYTES = 32 * 1024
 MAX_SLOTS = 4096
+_META_HEAD = 16
 
-# Header words (uint64 indices into the header page).
-_MAGIC, _VERSION, _NSLOTS, _STRIDE, _PREFIX, _FRAME_NBYTES = 0, 1, 2, 3, 4, 5
-_META_CAP, _DATA_OFFSET, _WRITE, _READ, _BYTES_WRITTEN = 6, 7, 8, 9, 10
-_ASLEEP = 11
+# Header words (uint64 indices into a region's header page).
+_MAGIC, _VERSION, _NSLOTS, _STRIDE, _FRAME_NBYTES = 0, 1, 2, 3, 4
+_META_CAP, _DATA_OFFSET, _WRITE, _READ, _BYTES_WRITTEN = 5, 6, 7, 8, 9
+_ASLEEP, _RECEIVED = 10, 11
 _HEADER_WORDS = 16
 
 
@@ -71,11 +75,11 @@ def round_up(n: int, to: int = PAGE) -> int:
 
 
 class RingLayout(msgspec.Struct, frozen=True):
-    """Everything needed to attach to a ring; sent to workers as msgpack."""
+    """Everything needed to find a ring; sent to workers as msgpack."""
 
-    name: str
+    block: str  # the shared-memory block holding the ring
+    offset: int  # where the ring's region starts in the block
     n_slots: int
-    slot_prefix: int
     frame_nbytes: int
     metadata_bytes: int
     shape: tuple[int, ...]
@@ -83,48 +87,50 @@ class RingLayout(msgspec.Struct, frozen=True):
 
     @property
     def slot_stride(self) -> int:
-        return self.slot_prefix + round_up(self.frame_nbytes)
+        return self.frame_nbytes
 
     @property
     def data_offset(self) -> int:
         return PAGE + round_up(self.n_slots * self.metadata_bytes)
 
     @property
-    def total_bytes(self) -> int:
-        return self.data_offset + self.n_slots * self.slot_stride
+    def region_bytes(self) -> int:
+        return round_up(self.data_offset + self.n_slots * self.frame_nbytes)
 
     @staticmethod
     def plan(
         *,
         ring_bytes: int,
         shape: tuple[int, ...],
-        dtype: np.dtype,
-        slot_prefix: int,
+        dtype: np.dtype[Any],
         metadata_bytes: int = DEFAULT_METADATA_BYTES,
         max_slots: int = MAX_SLOTS,
     ) -> RingLayout:
         """Fit as many slots as `ring_bytes` allows (at least two)."""
-        if slot_prefix % PAGE:
-            raise ValueError("slot_prefix must be a multiple of 4096")
         frame_nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if frame_nbytes <= 0:
             raise ValueError(f"frame shape {shape} holds no pixels")
-        per_slot = slot_prefix + round_up(frame_nbytes) + metadata_bytes
-        n_slots = min(max_slots, (ring_bytes - PAGE) // per_slot)
+        if metadata_bytes < 1024:
+            raise ValueError("metadata_bytes must be at least 1024")
+        per_slot = frame_nbytes + metadata_bytes
+        n_slots = min(max_slots, (ring_bytes - 2 * PAGE) // per_slot)
         if n_slots < 2:
             raise ValueError(
                 f"ring_bytes={ring_bytes} holds fewer than 2 frames of "
-                f"{frame_nbytes} bytes; give at least {2 * per_slot + PAGE}"
+                f"{frame_nbytes} bytes; give at least {2 * per_slot + 2 * PAGE}"
             )
         return RingLayout(
-            name="",
+            block="",
+            offset=0,
             n_slots=int(n_slots),
-            slot_prefix=slot_prefix,
             frame_nbytes=frame_nbytes,
             metadata_bytes=metadata_bytes,
             shape=tuple(int(s) for s in shape),
             dtype=dtype.str,
         )
+
+
+# -- shared-memory blocks -------------------------------------------------------------
 
 
 def _attach_untracked(name: str) -> shared_memory.SharedMemory:
@@ -146,65 +152,108 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
         resource_tracker.register = original  # type: ignore[assignment]
 
 
-@dataclass
-class _Views:
-    header: np.ndarray
-    meta_len: np.ndarray
+class SharedBlock:
+    """One shared-memory block: created and touched once, carved into rings."""
 
-
-class FrameRing:
-    """A ring of frame slots in one shared-memory block."""
-
-    def __init__(
-        self, layout: RingLayout, shm: shared_memory.SharedMemory, owner: bool
-    ) -> None:
-        self.layout = layout
+    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
         self._shm = shm
-        self._owner = owner
-        self._unlinked = False
-        self._closed = False
+        self.owner = owner
+        self.name = shm.name
+        self.size = shm.size
         buf = shm.buf
         assert buf is not None
-        self._buf: memoryview = buf
-        self._header = np.ndarray((_HEADER_WORDS,), np.uint64, buf, 0)
-        self._dtype = np.dtype(layout.dtype)
-        self.n_slots = layout.n_slots
-        self.stride = layout.slot_stride
-        self._pixels = [self._pixel_view(i) for i in range(layout.n_slots)]
-
-    # -- creation and attachment -------------------------------------------
-    @classmethod
-    def create(cls, layout: RingLayout) -> FrameRing:
-        """Create, size and touch a new ring (in the producer's process)."""
-        shm = shared_memory.SharedMemory(create=True, size=layout.total_bytes)
-        layout = msgspec.structs.replace(layout, name=shm.name)
-        ring = cls(layout, shm, owner=True)
-        ring._touch(write=True)
-        h = ring._header
-        h[_MAGIC], h[_VERSION], h[_NSLOTS] = MAGIC, RING_VERSION, layout.n_slots
-        h[_STRIDE], h[_PREFIX] = layout.slot_stride, layout.slot_prefix
-        h[_FRAME_NBYTES], h[_META_CAP] = layout.frame_nbytes, layout.metadata_bytes
-        h[_DATA_OFFSET] = layout.data_offset
-        return ring
+        self.buf: memoryview = buf
+        self.huge_pages = False
+        self._unlinked = False
+        self._closed = False
 
     @classmethod
-    def attach(cls, layout: RingLayout) -> FrameRing:
-        """Attach to an existing ring (in a worker); never unlinks it."""
-        shm = _attach_untracked(layout.name)
-        ring = cls(layout, shm, owner=False)
-        if int(ring._header[_MAGIC]) != MAGIC:
-            ring.close()
-            raise RuntimeError(f"shared memory {layout.name!r} is not a frame ring")
-        ring._touch(write=False)
-        return ring
+    def create(cls, size: int) -> SharedBlock:
+        """Create, size and touch a block (slow: ~1 s a GiB on first touch)."""
+        from mesowriter._platform import advise_huge_pages
 
-    def _touch(self, write: bool) -> None:
+        shm = shared_memory.SharedMemory(create=True, size=round_up(size))
+        block = cls(shm, owner=True)
+        mm = getattr(shm, "_mmap", None)
+        if isinstance(mm, mmap.mmap):
+            block.huge_pages = advise_huge_pages(mm)
+        block.touch(write=True)
+        block.buf[:8] = MAGIC.to_bytes(8, "little")
+        return block
+
+    @classmethod
+    def attach(cls, name: str) -> SharedBlock:
+        """Map a block made by the parent (in a worker); never unlinks it."""
+        block = cls(_attach_untracked(name), owner=False)
+        block.touch(write=False)
+        return block
+
+    def touch(self, write: bool) -> None:
         """Fault every page in now: a cold page copies ten times slower."""
-        pages = np.ndarray((len(self._buf) // PAGE, PAGE), np.uint8, self._buf)
+        pages = np.ndarray((len(self.buf) // PAGE, PAGE), np.uint8, self.buf)
         if write:
             pages[:, 0] = 0
         else:
             int(pages[:, 0].sum())
+
+    def region(self, offset: int, nbytes: int) -> memoryview:
+        return self.buf[offset : offset + nbytes]
+
+    def close(self) -> None:
+        """Drop this process's mapping (every view must be gone)."""
+        if self._closed:
+            return
+        self._closed = True
+        del self.buf
+        with suppress(BufferError):  # a caller still holds a view: unmapped at exit
+            self._shm.close()
+
+    def destroy(self) -> None:
+        """Unmap, then (creator only) remove the block, exactly once."""
+        self.close()
+        if self.owner and not self._unlinked:
+            self._unlinked = True
+            with suppress(FileNotFoundError):
+                self._shm.unlink()
+
+
+# -- rings ---------------------------------------------------------------------------------
+
+
+class FrameRing:
+    """A ring of frame slots in one region of a shared block."""
+
+    def __init__(self, layout: RingLayout, region: memoryview) -> None:
+        self.layout = layout
+        self._buf: memoryview | None = region
+        self._header = np.ndarray((_HEADER_WORDS,), np.uint64, region, 0)
+        self._dtype = np.dtype(layout.dtype)
+        self.n_slots = layout.n_slots
+        self.stride = layout.slot_stride
+        self._data = layout.data_offset
+        self._pixels = [self._pixel_view(i) for i in range(layout.n_slots)]
+
+    @classmethod
+    def create(cls, layout: RingLayout, block: SharedBlock) -> FrameRing:
+        """Lay a fresh ring out in its region (parent side); cursors at 0."""
+        ring = cls(layout, block.region(layout.offset, layout.region_bytes))
+        h = ring._header
+        h[:] = 0
+        h[_VERSION], h[_NSLOTS] = RING_VERSION, layout.n_slots
+        h[_STRIDE], h[_FRAME_NBYTES] = layout.slot_stride, layout.frame_nbytes
+        h[_META_CAP], h[_DATA_OFFSET] = layout.metadata_bytes, layout.data_offset
+        h[_MAGIC] = MAGIC
+        return ring
+
+    @classmethod
+    def attach(cls, layout: RingLayout, block: SharedBlock) -> FrameRing:
+        ring = cls(layout, block.region(layout.offset, layout.region_bytes))
+        if int(ring._header[_MAGIC]) != MAGIC or int(ring._header[_NSLOTS]) != (
+            layout.n_slots
+        ):
+            ring.close()
+            raise RuntimeError(f"no frame ring at {layout.block}+{layout.offset}")
+        return ring
 
     # -- cursors ----------------------------------------------------------------
     @property
@@ -224,6 +273,15 @@ class FrameRing:
         self._header[_READ] = value
 
     @property
+    def received(self) -> int:
+        """Frames the producer was handed (written or dropped)."""
+        return int(self._header[_RECEIVED])
+
+    @received.setter
+    def received(self, value: int) -> None:
+        self._header[_RECEIVED] = value
+
+    @property
     def bytes_written(self) -> int:
         return int(self._header[_BYTES_WRITTEN])
 
@@ -241,11 +299,8 @@ class FrameRing:
         self._header[_ASLEEP] = int(value)
 
     # -- slots ------------------------------------------------------------------
-    def _slot_offset(self, slot: int) -> int:
-        return self.layout.data_offset + slot * self.stride
-
     def _pixel_view(self, slot: int) -> np.ndarray:
-        off = self._slot_offset(slot) + self.layout.slot_prefix
+        off = self._data + slot * self.stride
         return np.ndarray(self.layout.shape, self._dtype, self._buf, off)
 
     def pixels(self, seq: int) -> np.ndarray:
@@ -255,128 +310,74 @@ class FrameRing:
     def put_metadata(self, seq: int, index: int, data: bytes) -> bool:
         """Store frame `seq`'s stream index and metadata; False if too large."""
         cap = self.layout.metadata_bytes
-        if len(data) > cap - 16:
+        if len(data) > cap - _META_HEAD:
             return False
+        buf = self._buf
+        assert buf is not None
         off = PAGE + (seq % self.n_slots) * cap
-        self._buf[off : off + 16] = len(data).to_bytes(8, "little") + index.to_bytes(
+        buf[off : off + _META_HEAD] = len(data).to_bytes(8, "little") + index.to_bytes(
             8, "little"
         )
-        self._buf[off + 16 : off + 16 + len(data)] = data
+        buf[off + _META_HEAD : off + _META_HEAD + len(data)] = data
         return True
 
     def get_metadata(self, seq: int) -> tuple[int, bytes]:
         """Frame `seq`'s stream index and metadata JSON."""
-        off = PAGE + (seq % self.n_slots) * self.layout.metadata_bytes
-        n = int.from_bytes(self._buf[off : off + 8], "little")
-        index = int.from_bytes(self._buf[off + 8 : off + 16], "little")
-        return index, bytes(self._buf[off + 16 : off + 16 + n])
-
-    def prefix(self, seq: int) -> memoryview:
-        off = self._slot_offset(seq % self.n_slots)
-        return self._buf[off : off + self.layout.slot_prefix]
+        buf = self._buf
+        assert buf is not None
+        cap = self.layout.metadata_bytes
+        off = PAGE + (seq % self.n_slots) * cap
+        n = min(int.from_bytes(buf[off : off + 8], "little"), cap - _META_HEAD)
+        index = int.from_bytes(buf[off + 8 : off + 16], "little")
+        return index, bytes(buf[off + _META_HEAD : off + _META_HEAD + n])
 
     def span(self, first: int, count: int) -> memoryview:
-        """Contiguous [prefix + padded pixels] of frames first..first+count-1.
+        """The slots of frames first..first+count-1, back to back.
 
         The caller keeps the run inside one lap of the ring (no wrap).
         """
         slot = first % self.n_slots
         if slot + count > self.n_slots:
             raise ValueError("a span may not wrap around the ring")
-        off = self._slot_offset(slot)
-        return self._buf[off : off + count * self.stride]
+        buf = self._buf
+        assert buf is not None
+        off = self._data + slot * self.stride
+        return buf[off : off + count * self.stride]
 
-    def runs(self, first: int, stop: int, max_bytes: int) -> Iterator[tuple[int, int]]:
-        """Split frames [first, stop) into (first, count) runs that do not wrap."""
-        per_run = max(1, max_bytes // self.stride)
-        seq = first
-        while seq < stop:
-            to_wrap = self.n_slots - seq % self.n_slots
-            count = min(stop - seq, to_wrap, per_run)
-            yield seq, count
-            seq += count
+    def run_length(self, first: int, stop: int, max_bytes: int) -> int:
+        """How many frames from `first` (< stop) form one batch: no wrap, at
+        most `max_bytes` (at least one frame)."""
+        to_wrap = self.n_slots - first % self.n_slots
+        return max(1, min(stop - first, to_wrap, max_bytes // self.stride))
 
     # -- teardown ---------------------------------------------------------------
     def close(self) -> None:
-        """Drop this process's mapping (views first, or mmap refuses)."""
-        if self._closed:
-            return
-        self._closed = True
+        """Drop this ring's views of the block (the block stays mapped)."""
         self._pixels.clear()
-        del self._header
-        del self._buf
-        with suppress(BufferError):  # a caller still holds a view: unmapped at exit
-            self._shm.close()
-
-    def destroy(self) -> None:
-        """Unmap, then (creator only) remove the block."""
-        self.close()
-        self.unlink()
-
-    def unlink(self) -> None:
-        """Remove the block from the system: creator only, exactly once."""
-        if not self._owner or self._unlinked:
-            return
-        self._unlinked = True
-        with suppress(FileNotFoundError):
-            self._shm.unlink()
+        self._header = np.zeros(_HEADER_WORDS, np.uint64)
+        self._buf = None
 
     @property
     def name(self) -> str:
-        return self.layout.name
+        return f"{self.layout.block}+{self.layout.offset}"
 
 
 def remove_stale_rings() -> list[str]:
-    """Unlink frame rings that no living process maps; return their names.
+    """Unlink ring blocks that no living process maps; return their names.
 
     The resource tracker removes a dead process's blocks, unless it died
-    too (SIGKILL of a whole process group, power loss of a container).
-    Only blocks that carry the ring's magic and appear in no process's
-    memory map (Linux /proc) are removed; elsewhere this does nothing.
+    too (SIGKILL of a whole process group, a closed terminal, power loss of
+    a container). Where the platform can tell (Linux), only blocks that
+    carry the ring's magic and that no process maps are removed.
     """
-    shm, proc = "/dev/shm", "/proc"
-    if not (os.path.isdir(shm) and os.path.isdir(proc)):
-        return []
-    candidates = []
-    for name in os.listdir(shm):
-        if not name.startswith("psm_"):
-            continue
-        try:
-            with open(os.path.join(shm, name), "rb") as fh:
-                head = fh.read(8)
-        except OSError:
-            continue
-        if len(head) == 8 and int.from_bytes(head, "little") == MAGIC:
-            candidates.append(name)
-    if not candidates:
-        return []
-    in_use: set[str] = set()
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(
-                os.path.join(proc, pid, "maps"), encoding="utf-8", errors="replace"
-            ) as fh:
-                maps = fh.read()
-        except OSError:
-            continue
-        in_use.update(n for n in candidates if f"{shm}/{n}" in maps)
+    from mesowriter._platform import remove_shared_memory, stale_shared_memory
+
     removed = []
-    for name in candidates:
-        if name not in in_use:
-            with suppress(OSError):
-                os.unlink(os.path.join(shm, name))
-                removed.append(name)
+    for name in stale_shared_memory(MAGIC):
+        with suppress(OSError):
+            remove_shared_memory(name)
+            removed.append(name)
     return removed
-
-
-def shm_available_bytes() -> int | None:
-    """Free room for shared memory on this machine, where it can be known."""
-    if os.path.isdir("/dev/shm"):
-        st = os.statvfs("/dev/shm")
-        return st.f_bavail * st.f_frsize
-    return None
 
 
 def page_aligned_buffer(nbytes: int) -> mmap.mmap:

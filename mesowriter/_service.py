@@ -1,36 +1,40 @@
-"""WriterService: writer worker processes, their streams, and who watches them.
+"""WriterService: streams, the warm ring pool and the writer processes, one owner.
 
 ::
 
     user's process                                         writer processes
     ┌──────────────────────────────────────────┐
-    │ Stream.write ──copy──► ring (shm) ───────┼──shm──► worker 0: sinks ─► files
+    │ Stream.write ──copy──► ring (pool block) ┼──shm──► worker 0: sinks ─► files
     │        └─ Doorbell/WantSpace ──pipe──────┼───────►
     │ monitor thread ◄── StreamOpened/Space/ ──┼─pipe─── worker 1: ...
-    │   (connection.wait)    Failed/Closed     │
+    │   (wait_any)      Failed/Closed          │
     │                  ◄── process sentinels ──┼──────── (death noticed at once)
-    └──────────────────────────────────────────┘
+    │ pool: warm blocks, carved into rings ────┼─MapBlock─► each worker maps a
+    └──────────────────────────────────────────┘           block once, keeps it
 
-Workers start with the `spawn` method (the Windows default, and the only one
-safe beside MMCore's threads). The monitor thread blocks in
-`multiprocessing.connection.wait` on every worker's result pipe and process
-sentinel: replies are dispatched as they come, and a worker that dies is
-noticed at once and replaced; its streams resume from their rings.
-Shutdown is one message per worker, a bounded join, then terminate.
+This is the one picture of the processes; the other modules' diagrams zoom
+into their part of it. The service owns the stream registry and the ring
+pool; `Stream` objects know only their ring, their worker and a callback.
+Opening a stream takes a warm region of the pool (microseconds) and a file
+open in the worker (milliseconds): nothing heavy runs on the caller's
+thread unless the pool cannot hold the ring.
+
+A service may reap itself when idle (`idle_timeout`): its workers stop and
+its pool is released, and the next `open_stream` starts them again. The
+handlers share one such service per process (`shared_service()`), so a GUI
+session that runs acquisitions all day holds at most one idle writer
+process and one warm pool, and nothing once the rig has been idle a while.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
-import multiprocessing as mp
 import os
-import signal
 import threading
+import time
 import weakref
 from contextlib import suppress
-from dataclasses import dataclass, field
-from multiprocessing import connection
 from typing import Any
 
 import msgspec
@@ -39,47 +43,31 @@ import psutil
 
 from mesowriter import _messages as m
 from mesowriter._paths import normalised_path, prepare_output_path
+from mesowriter._platform import install_shutdown_handler, shm_available_bytes
+from mesowriter._pool import Region, RingPool
 from mesowriter._ring import (
     DEFAULT_METADATA_BYTES,
     FrameRing,
     RingLayout,
+    SharedBlock,
     remove_stale_rings,
-    shm_available_bytes,
 )
-from mesowriter._spec import StreamSpec, VideoOptions
+from mesowriter._spec import DEFAULT_WRITE_DEPTH, SidecarSpec, StreamSpec, VideoOptions
 from mesowriter._stream import Stream, check_policy
-from mesowriter.sinks import kind_for_path, sink_class
+from mesowriter._workers import WorkerHandle, Workers
+from mesowriter.sinks import sink_class, sink_for_path
 
 DEFAULT_RING_BYTES = 1 << 30
-WORKER_NAME_PREFIX = "mesowriter-writer-"
-JOIN_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 20.0  # seconds; the shared service's
 MAX_RESTARTS = 3
 
-
-@dataclass(eq=False)
-class WorkerHandle:
-    """The parent's end of one writer process."""
-
-    index: int
-    process: Any
-    to_worker: Any
-    from_worker: Any
-    send_lock: threading.Lock = field(default_factory=threading.Lock)
-    streams: set[int] = field(default_factory=set)
-
-    def send(self, msg: m.ToWorker) -> None:
-        self.send_raw(m.encoder.encode(msg))
-
-    def send_raw(self, payload: bytes) -> None:
-        with self.send_lock:
-            try:
-                self.to_worker.send_bytes(payload)
-            except OSError:
-                pass  # the worker is gone; its sentinel tells the monitor
+_live: weakref.WeakSet[WriterService] = weakref.WeakSet()
+_process_setup = threading.Lock()
+_process_ready = False
 
 
 class WriterService:
-    """Writer processes fed by shared-memory rings, one ring per stream.
+    """Writer processes fed by shared-memory rings from a warm pool.
 
     Parameters
     ----------
@@ -96,6 +84,14 @@ class WriterService:
         (never wait, each dropped index recorded).
     restart_workers
         Replace a worker that dies; its streams resume from their rings.
+    pool_bytes
+        Shared memory kept warm (created and touched once, reused by every
+        stream). Default: `ring_bytes`.
+    write_depth
+        Pixel writes each stream keeps in flight.
+    idle_timeout
+        Seconds without a stream after which the workers stop and the pool is
+        released (None: never); the next `open_stream` starts them again.
     """
 
     def __init__(
@@ -107,95 +103,121 @@ class WriterService:
         policy: str = "block",
         restart_workers: bool = True,
         handle_signals: bool = True,
+        pool_bytes: int | None = None,
+        write_depth: int = DEFAULT_WRITE_DEPTH,
+        idle_timeout: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if write_depth < 1:
+            raise ValueError("write_depth must be at least 1")
         self.ring_bytes = int(ring_bytes)
         self.policy = check_policy(policy)
-        self.max_workers = max(
-            workers, max_workers or max(workers, os.cpu_count() or 1)
-        )
         self.restart_workers = restart_workers
-        self._ctx = mp.get_context("spawn")
+        self.write_depth = int(write_depth)
+        self.idle_timeout = idle_timeout
+        self.open_seconds: list[float] = []  # how long each open_stream took
+        self._initial_workers = workers
         self._lock = threading.RLock()
-        self._workers: dict[int, WorkerHandle] = {}
         self._streams: dict[int, Stream] = {}
+        self._regions: dict[int, Region] = {}
         self._ids = itertools.count()
-        self._worker_ids = itertools.count()
         self._closed = False
-        self._releasers: list[threading.Thread] = []
+        self._running = False
+        self._idle_timer: threading.Timer | None = None
         self.worker_deaths: list[dict[str, Any]] = []
-        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
-        _prepare_worker_environment()
-        _skip_main_module_in_workers()
-        remove_stale_rings()
-        for _ in range(workers):
-            self._start_worker()
-        self._monitor = threading.Thread(
-            target=self._monitor_loop, name="mesowriter-monitor", daemon=True
+        _setup_process(handle_signals)
+        self._pool = RingPool(
+            self.ring_bytes if pool_bytes is None else pool_bytes,
+            on_block=self._block_created,
         )
-        self._monitor.start()
-        self._previous_sigterm: Any = None
-        if handle_signals:
-            self._install_sigterm()
-        ref = weakref.ref(self)
+        self._workers = Workers(
+            max(workers, max_workers or max(workers, os.cpu_count() or 1)),
+            on_message=self._dispatch,
+            on_exit=self._on_worker_exit,
+            on_monitor_failure=self._monitor_failed,
+            greeting=lambda: [m.MapBlock(b.name) for b in self._pool.blocks],
+        )
+        self._start()
+        _live.add(self)
 
-        def _close_at_exit() -> None:
-            service = ref()
-            if service is not None:
-                service.close()
+    # -- running and reaping -------------------------------------------------------
+    def _start(self) -> None:
+        """Start the workers and warm the pool in the background."""
+        with self._lock:
+            if self._running:
+                return
+            self._running = True
+            self._pool.reopen()
+            for _ in range(self._initial_workers):
+                self._workers.start()
+        self._pool.warm_in_background()
 
-        self._atexit = _close_at_exit
-        atexit.register(self._atexit)
+    def prewarm(self) -> None:
+        """Make sure workers run and the pool is (being) warmed, without
+        waiting: a writer calls this at construction, before the run."""
+        if not self._closed:
+            self._start()
+
+    def _block_created(self, block: SharedBlock) -> None:
+        self._workers.broadcast(m.MapBlock(block.name))
+
+    def _schedule_idle_reap(self) -> None:
+        if self.idle_timeout is None or self._closed:
+            return
+        with self._lock:
+            if self._streams:
+                return
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            timer = threading.Timer(self.idle_timeout, self._reap_if_idle)
+            timer.daemon = True
+            self._idle_timer = timer
+        timer.start()
+
+    def _reap_if_idle(self) -> None:
+        with self._lock:
+            if self._streams or not self._running or self._closed:
+                return
+            self._running = False
+        self._stop_everything()
+
+    def _stop_everything(self) -> None:
+        self._workers.stop()
+        self._pool.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether workers and a pool are up (False after an idle reap)."""
+        return self._running
 
     # -- context manager --------------------------------------------------------
     def __enter__(self) -> WriterService:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close(reason="canceled" if exc_type is not None else "completed")
+        reason = "completed"
+        if exc_type is not None:
+            reason = "interrupted" if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else "canceled"
+        self.close(reason=reason)
 
-    # -- workers ----------------------------------------------------------------
-    def _start_worker(self) -> WorkerHandle:
-        from mesowriter._worker import worker_main
-
-        to_r, to_w = self._ctx.Pipe(duplex=False)
-        from_r, from_w = self._ctx.Pipe(duplex=False)
-        index = next(self._worker_ids)
-        proc = self._ctx.Process(
-            target=worker_main,
-            args=(to_r, from_w),
-            name=f"{WORKER_NAME_PREFIX}{index}",
-            daemon=True,
-        )
-        proc.start()
-        to_r.close()
-        from_w.close()
-        handle = WorkerHandle(index, proc, to_w, from_r)
-        with self._lock:
-            self._workers[index] = handle
-        self._wake()
-        return handle
-
-    def _pick_worker(self) -> WorkerHandle:
-        with self._lock:
-            idle = [w for w in self._workers.values() if not w.streams]
-            if idle:
-                return idle[0]
-            if len(self._workers) < self.max_workers:
-                return self._start_worker()
-            return min(self._workers.values(), key=lambda w: len(w.streams))
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def workers(self) -> list[int]:
         """PIDs of the live writer processes."""
-        with self._lock:
-            return [w.process.pid for w in self._workers.values()]
+        return [w.process.pid for w in self._workers.handles]
 
     @property
     def streams(self) -> list[Stream]:
         with self._lock:
             return list(self._streams.values())
+
+    @property
+    def pool(self) -> RingPool:
+        return self._pool
 
     # -- streams ----------------------------------------------------------------
     def open_stream(
@@ -208,6 +230,7 @@ class WriterService:
         overwrite: bool = False,
         kind: str | None = None,
         position_key: str = "p0",
+        position_index: int | None = None,
         ring_bytes: int | None = None,
         policy: str | None = None,
         metadata_bytes: int = DEFAULT_METADATA_BYTES,
@@ -216,24 +239,28 @@ class WriterService:
         summary: dict[str, Any] | None = None,
         video: VideoOptions | None = None,
         extra_metadata: dict[str, Any] | None = None,
+        sidecar: SidecarSpec | None = None,
+        write_depth: int | None = None,
         _fault: str | None = None,
     ) -> Stream:
         """Open a file for frames of one shape and dtype; returns its Stream.
 
         Everything that can be checked is checked here, before any frame:
-        the path (existing file, folder, writability), the format and codec,
-        the dtype, and whether the ring fits in memory.
+        the path and every companion name (existing file, folder, length,
+        a live owner), the format and codec, the dtype, the disk space the
+        first frames need, and whether the ring fits in memory.
         """
+        t0 = time.perf_counter()
         if self._closed:
             raise RuntimeError("this WriterService is closed")
         if frames is not None and frames < 0:
             raise ValueError("frames must be >= 0 or None")
         if policy is not None:
-            check_policy(policy)  # before a ring is created and touched
+            check_policy(policy)
         raw_path = os.fspath(path)
         if not raw_path.strip():
             raise ValueError("an empty path is not a file name")
-        kind = kind or kind_for_path(raw_path)
+        kind = kind or sink_for_path(raw_path).kind
         if video is not None and kind != "video":
             raise ValueError(
                 f"{raw_path!r} is written as {kind}: video options do not apply"
@@ -241,6 +268,9 @@ class WriterService:
         np_dtype = np.dtype(dtype).newbyteorder("<")
         if np_dtype.itemsize == 1:
             np_dtype = np_dtype.newbyteorder("|")
+        depth = self.write_depth if write_depth is None else int(write_depth)
+        if depth < 1:
+            raise ValueError("write_depth must be at least 1")
         spec = StreamSpec(
             stream_id=next(self._ids),
             path=raw_path,
@@ -250,23 +280,31 @@ class WriterService:
             frames=frames,
             overwrite=overwrite,
             position_key=position_key,
+            position_index=position_index,
             direct_io=direct_io,
             sequence=sequence,
             summary=summary,
             video=video,
             extra_metadata=extra_metadata,
             fault=_fault,
+            write_depth=depth,
+            sidecar=sidecar,
         )
         sink_cls = sink_class(kind)
         sink_cls.check(spec)
         spec = sink_cls.prepare(spec)  # e.g. codec choice, warned about here
-        # Checked before prepare_output_path, which clears an overwritten
-        # file's old sidecar and journal, and again where the stream is
-        # registered (two threads may open the same path at once).
         self._check_not_open(normalised_path(raw_path))
         spec = msgspec.structs.replace(
-            spec, path=prepare_output_path(raw_path, overwrite)
+            spec,
+            path=prepare_output_path(
+                raw_path,
+                overwrite,
+                sidecar=spec.sidecar_spec.path if spec.solo else None,
+                space_needed=sink_cls.space_needed(spec),
+            ),
         )
+        if spec.sidecar is None:
+            spec = msgspec.structs.replace(spec, sidecar=spec.sidecar_spec)
         requested = ring_bytes or self.ring_bytes
         if requested > psutil.virtual_memory().total:
             raise MemoryError(
@@ -277,114 +315,87 @@ class WriterService:
             ring_bytes=requested,
             shape=spec.shape,
             dtype=np_dtype,
-            slot_prefix=sink_cls.slot_prefix,
             metadata_bytes=metadata_bytes,
         )
-        _check_memory(layout.total_bytes)
-        ring = FrameRing.create(layout)
+        self._start()
+        region, block = self._take_region(layout.region_bytes)
+        layout = msgspec.structs.replace(layout, block=region.block, offset=region.offset)
+        ring = FrameRing.create(layout, block)
         try:
-            # Pick, claim and register at once: concurrent opens spread out,
-            # and a worker that dies now finds the stream among its orphans.
             with self._lock:
                 self._check_not_open(spec.path)
-                worker = self._pick_worker()
-                stream = Stream(self, spec, ring, worker, policy or self.policy)
+                worker = self._workers.pick()
+                stream = Stream(spec, ring, worker, policy or self.policy, self._done)
                 worker.streams.add(spec.stream_id)
                 self._streams[spec.stream_id] = stream
+                self._regions[spec.stream_id] = region
+                if self._idle_timer is not None:
+                    self._idle_timer.cancel()
+                    self._idle_timer = None
             worker.send(m.OpenStream(spec, ring.layout))
             stream.opened.wait()
         except BaseException:
-            self._discard(spec.stream_id, ring)
+            self._discard(spec.stream_id, ring, region)
             raise
         if stream.open_error is not None:
-            self._discard(spec.stream_id, ring)
+            self._discard(spec.stream_id, ring, region)
             raise stream.open_error
+        self.open_seconds.append(time.perf_counter() - t0)
         return stream
 
-    def _check_not_open(self, path: str) -> None:
-        with self._lock:
-            if any(s.spec.path == path for s in self._streams.values()):
-                raise ValueError(f"{path} is already open in this service")
+    def _take_region(self, nbytes: int) -> tuple[Region, SharedBlock]:
+        """A warm region; else (slow) a block of its own for this ring."""
+        got = self._pool.acquire(nbytes)
+        if got is not None:
+            return got
+        _check_memory(nbytes)
+        return self._pool.create(nbytes)
 
-    def _discard(self, stream_id: int, ring: FrameRing) -> None:
+    def _check_not_open(self, path: str) -> None:
+        real = os.path.realpath(path)
+        with self._lock:
+            for s in self._streams.values():
+                if os.path.realpath(s.spec.path) == real:
+                    raise ValueError(f"{path} is already open in this service")
+
+    def _discard(self, stream_id: int, ring: FrameRing, region: Region) -> None:
         with self._lock:
             self._streams.pop(stream_id, None)
-            for w in self._workers.values():
+            self._regions.pop(stream_id, None)
+            for w in self._workers.handles:
                 w.streams.discard(stream_id)
-        ring.destroy()
+        ring.close()
+        self._give_back(region)
 
-    def _release_ring(self, ring: FrameRing) -> None:
-        """Unmap and unlink a finished ring off the caller's thread.
+    def _give_back(self, region: Region) -> None:
+        gone = self._pool.release(region)
+        if gone is not None:
+            self._workers.broadcast(m.UnmapBlock(gone.name))
 
-        Freeing a 1 GiB block takes ~0.15 s; the user's `close()` need not
-        wait for it. `WriterService.close()` joins these threads, so the
-        block is gone once the service is.
-        """
-        thread = threading.Thread(
-            target=ring.destroy, name="mesowriter-release", daemon=True
-        )
+    def _done(self, stream: Stream) -> None:
+        """A stream closed: its region goes back to the pool, still warm."""
+        sid = stream.spec.stream_id
         with self._lock:
-            self._releasers = [t for t in self._releasers if t.is_alive()]
-            self._releasers.append(thread)
-        thread.start()
+            self._streams.pop(sid, None)
+            region = self._regions.pop(sid, None)
+            stream.worker.streams.discard(sid)
+        stream.ring.close()
+        if region is not None:
+            self._give_back(region)
+        self._trim_idle_workers()
+        self._schedule_idle_reap()
 
-    def _forget(self, stream: Stream) -> None:
-        with self._lock:
-            self._streams.pop(stream.spec.stream_id, None)
-            stream.worker.streams.discard(stream.spec.stream_id)
+    def _trim_idle_workers(self) -> None:
+        """Keep at most one idle worker once streams close."""
+        idle = [h for h in self._workers.handles if not h.streams]
+        for extra in idle[1:]:
+            self._workers.forget(extra)
+            extra.send(m.Shutdown())
 
-    # -- the monitor thread -------------------------------------------------------
-    def _wake(self) -> None:
-        with suppress(OSError):
-            self._wake_w.send_bytes(b"w")
-
-    def _monitor_loop(self) -> None:
-        """Watch the workers; should the watching itself fail, no stream may
-        wait for a reply that will never come: each is failed with the cause."""
-        try:
-            self._watch_workers()
-        except BaseException:
-            import traceback
-
-            cause = "the writer service's monitor thread failed:\n" + (
-                traceback.format_exc()
-            )
-            with self._lock:
-                streams = list(self._streams.values())
-            for stream in streams:
-                if not stream._closed.is_set():
-                    stream.on_worker_lost(cause)
-            raise
-
-    def _watch_workers(self) -> None:
-        while True:
-            with self._lock:
-                handles = list(self._workers.values())
-                if self._closed and not handles:
-                    return
-            waitables: list[Any] = [self._wake_r]
-            for h in handles:
-                waitables += [h.from_worker, h.process.sentinel]
-            ready = connection.wait(waitables)
-            if self._wake_r in ready:
-                with suppress(EOFError, OSError):
-                    while self._wake_r.poll():
-                        self._wake_r.recv_bytes()
-            for h in handles:
-                if h.from_worker in ready or h.process.sentinel in ready:
-                    self._drain(h)
-                if h.process.sentinel in ready:
-                    self._on_worker_exit(h)
-
-    def _drain(self, h: WorkerHandle) -> None:
-        try:
-            while h.from_worker.poll():
-                msg = m.to_parent_decoder.decode(h.from_worker.recv_bytes())
-                self._dispatch(msg)
-        except (EOFError, OSError):
-            pass
-
+    # -- messages from the monitor thread ---------------------------------------------
     def _dispatch(self, msg: m.ToParent) -> None:
+        if isinstance(msg, m.BlockMapped):
+            return
         with self._lock:
             stream = self._streams.get(msg.stream_id)
         if stream is None:
@@ -402,25 +413,26 @@ class WriterService:
         elif isinstance(msg, m.StreamClosed):
             stream.on_closed(msg.report)
 
+    def _monitor_failed(self, cause: str) -> None:
+        for stream in self.streams:
+            if not stream._closed.is_set():
+                stream.on_worker_lost(cause)
+
     def _on_worker_exit(self, h: WorkerHandle) -> None:
-        h.process.join(timeout=1)
         with self._lock:
-            self._workers.pop(h.index, None)
             orphans = [self._streams[s] for s in h.streams if s in self._streams]
-            closing = self._closed
-        with suppress(OSError):
-            h.to_worker.close()
-            h.from_worker.close()
+            closing = self._closed or not self._running
         if closing and not orphans:
             return
         code = h.process.exitcode
-        self.worker_deaths.append(
-            {
-                "pid": h.process.pid,
-                "exitcode": code,
-                "streams": [s.spec.path for s in orphans],
-            }
-        )
+        if orphans:
+            self.worker_deaths.append(
+                {
+                    "pid": h.process.pid,
+                    "exitcode": code,
+                    "streams": [s.spec.path for s in orphans],
+                }
+            )
         for stream in orphans:
             if stream._closed.is_set():
                 continue
@@ -431,26 +443,11 @@ class WriterService:
                 )
                 continue
             with self._lock:
-                replacement = self._pick_worker()
+                replacement = self._workers.pick()
                 replacement.streams.add(stream.spec.stream_id)
             stream.on_worker_replaced(replacement)
 
-    # -- signals and shutdown -------------------------------------------------------
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if (
-            not hasattr(signal, "SIGTERM")
-            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
-        ):
-            return
-
-        def _terminate(signum: int, frame: Any) -> None:
-            raise SystemExit(128 + signum)  # unwinds: streams are finalised
-
-        signal.signal(signal.SIGTERM, _terminate)
-        self._previous_sigterm = signal.SIG_DFL
-
+    # -- shutdown -------------------------------------------------------------------
     def close(self, reason: str = "completed") -> None:
         """Finish every open stream, stop the workers, release shared memory."""
         if self._closed:
@@ -463,34 +460,68 @@ class WriterService:
                 errors.append(exc)
         self._closed = True
         with self._lock:
-            handles = list(self._workers.values())
-        for h in handles:
-            h.send(m.Shutdown())
-        for h in handles:
-            h.process.join(JOIN_TIMEOUT)
-            if h.process.is_alive():
-                h.process.terminate()
-                h.process.join(JOIN_TIMEOUT)
-        self._wake()
-        self._monitor.join(JOIN_TIMEOUT)
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._running = False
+        self._workers.close()
         for stream in self.streams:  # streams whose worker never answered
             stream.abort()
-        with self._lock:
-            releasers = list(self._releasers)
-        for thread in releasers:
-            thread.join()
-        with suppress(OSError):
-            self._wake_r.close()
-            self._wake_w.close()
-        atexit.unregister(self._atexit)
-        if (
-            self._previous_sigterm is not None
-            and threading.current_thread() is threading.main_thread()
-        ):
-            with suppress(ValueError):
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            with suppress(Exception):
+                stream.ring.close()
+        self._pool.close()
+        _live.discard(self)
         if errors:
             raise errors[0]
+
+
+_shared: WriterService | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_service() -> WriterService:
+    """The process-wide service the handlers use unless given one.
+
+    It reaps itself after `DEFAULT_IDLE_TIMEOUT` seconds without a stream and
+    starts again on the next open, so writers that are never closed leave at
+    most one idle writer process and one warm pool, and nothing after that.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared.closed:
+            _shared = WriterService(idle_timeout=DEFAULT_IDLE_TIMEOUT)
+        return _shared
+
+
+def _close_all(reason: str) -> None:
+    for service in list(_live):
+        with suppress(Exception):
+            service.close(reason)
+
+
+def _setup_process(handle_signals: bool) -> None:
+    """Once per process: stale rings removed, exit and signal hooks in place."""
+    global _process_ready
+    with _process_setup:
+        if _process_ready:
+            return
+        _process_ready = True
+        _prepare_worker_environment()
+        remove_stale_rings()
+        atexit.register(_close_all, "interrupted")
+        if handle_signals:
+            install_shutdown_handler(_on_shutdown_signal)
+
+
+def _on_shutdown_signal(reason: str) -> None:
+    """SIGTERM/SIGHUP (POSIX) or a console event (Windows): finalise.
+
+    On the main thread (POSIX signal handlers) unwind with SystemExit, so
+    `with` blocks and atexit finalise every stream outside any lock a frame
+    may hold; on another thread (Windows console handler) finalise here.
+    """
+    if threading.current_thread() is threading.main_thread():
+        raise SystemExit(128 + 15)
+    _close_all("interrupted")
 
 
 def _check_memory(nbytes: int) -> None:
@@ -504,36 +535,9 @@ def _check_memory(nbytes: int) -> None:
     shm_free = shm_available_bytes()
     if shm_free is not None and nbytes > shm_free:
         raise MemoryError(
-            f"a ring of {nbytes / 2**30:.2f} GiB does not fit in /dev/shm "
-            f"({shm_free / 2**30:.2f} GiB free); lower ring_bytes"
+            f"a ring of {nbytes / 2**30:.2f} GiB does not fit in the free shared "
+            f"memory ({shm_free / 2**30:.2f} GiB); lower ring_bytes"
         )
-
-
-def _skip_main_module_in_workers() -> None:
-    """Spawn writer workers without re-running the user's script.
-
-    Under `spawn`, a child normally re-imports the parent's `__main__` so
-    that pickled functions defined there resolve. Our workers need nothing
-    from it (their entry point is `mesowriter._worker.worker_main`), and a
-    lab script without an `if __name__ == "__main__":` guard would otherwise
-    run again in every worker: load the hardware configuration, start
-    another acquisition. Only processes named for our workers are affected.
-    """
-    from multiprocessing import spawn
-
-    original = spawn.get_preparation_data
-    if getattr(original, "_mesowriter_hook", False):
-        return
-
-    def get_preparation_data(name: str) -> dict[str, Any]:
-        data: dict[str, Any] = original(name)
-        if name.startswith(WORKER_NAME_PREFIX):
-            data.pop("init_main_from_path", None)
-            data.pop("init_main_from_name", None)
-        return data
-
-    get_preparation_data._mesowriter_hook = True  # type: ignore[attr-defined]
-    spawn.get_preparation_data = get_preparation_data
 
 
 def _prepare_worker_environment() -> None:

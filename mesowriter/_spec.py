@@ -12,14 +12,15 @@ from typing import Any
 
 import msgspec
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+DEFAULT_WRITE_DEPTH = 4
 
 
 class VideoOptions(msgspec.Struct, frozen=True, kw_only=True):
     """How a video stream is encoded (see `mesowriter.video`)."""
 
     fps: float = 30.0
-    fourcc: str = "H264"
+    fourcc: str | None = None
     is_color: bool = False
     # Fixed 16->8 bit mapping for the whole file: [low, high] -> [0, 255].
     # None means "from the camera's bit depth" (0 .. 2**bit_depth - 1).
@@ -36,6 +37,23 @@ class VideoOptions(msgspec.Struct, frozen=True, kw_only=True):
     fallback_reason: str | None = None
 
 
+class SidecarSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The one legacy sidecar a run writes, and which streams feed it.
+
+    A run of several files (positions, cameras) still writes ONE
+    `<filename>_frame_metadata.json`, keyed by each member's key. Each
+    stream journals its own frames; whoever finishes the group (the
+    user's process, or `recover`) joins the journals into the sidecar.
+    """
+
+    path: str
+    # "positions": {key: [meta, ...], **extra} (handlers, the service);
+    # "frame_metadatas": {"frame_metadatas": {key: [...]}, **extra}, what the
+    # legacy CV2Writer.finish() wrote in direct mode.
+    layout: str = "positions"
+    members: tuple[tuple[str, str], ...] = ()  # (key, data path), in order
+
+
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One output file and how to write it."""
 
@@ -47,6 +65,7 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     frames: int | None = None  # expected frame count, when known
     overwrite: bool = False
     position_key: str = "p0"
+    position_index: int | None = None  # the sequence's p index, if any
     direct_io: bool = True
     # Plain JSON of the useq.MDASequence that produced the frames, if any.
     sequence: dict[str, Any] | None = None
@@ -56,7 +75,23 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     # Extra JSON merged into the sidecar at the end (video direct mode).
     extra_metadata: dict[str, Any] | None = None
     fault: str | None = None  # test-only fault injection, see mesowriter._faults
+    write_depth: int = DEFAULT_WRITE_DEPTH  # pixel writes in flight
+    sidecar: SidecarSpec | None = None  # None: a sidecar of its own
     version: int = SPEC_VERSION
+
+    @property
+    def sidecar_spec(self) -> SidecarSpec:
+        """The sidecar this stream feeds (its own, unless in a group)."""
+        if self.sidecar is not None:
+            return self.sidecar
+        return SidecarSpec(
+            path=sidecar_path(self.path), members=((self.position_key, self.path),)
+        )
+
+    @property
+    def solo(self) -> bool:
+        """The only member of its sidecar: its worker writes the sidecar."""
+        return len(self.sidecar_spec.members) <= 1
 
     @property
     def frame_nbytes(self) -> int:

@@ -2,10 +2,15 @@
 
 `Stream.write` is the hot path. It checks the frame, encodes its metadata
 once, copies the pixels into the next ring slot, publishes the slot by
-advancing the ring's write cursor and rings the worker's doorbell (a few
-bytes down a pipe). No disk I/O, no pickled pixels, no sleeps: when the ring
-is full it either blocks on an event the worker answers (policy "block",
-time recorded) or records the frame as dropped (policy "drop").
+advancing the ring's write cursor and, only for a sleeping worker, rings its
+doorbell (a few bytes down a pipe). No disk I/O, no pickled pixels, no
+sleeps: when the ring is full it either blocks on an event the worker
+answers (policy "block", time recorded) or records the frame as dropped
+(policy "drop"). Every frame handed to `write` is counted in the ring
+(`received`), so even a worker that outlives this process can account for it.
+
+A Stream knows nothing of the service: it is given its worker, its ring and
+a callback for when it is done (see `mesowriter._service` for the picture).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import datetime as _dt
 import threading
 import time
 from array import array
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -21,16 +27,19 @@ import numpy as np
 
 from mesowriter import _messages as m
 from mesowriter._errors import FrameRejected, WriterError, error_from_remote
-from mesowriter._journal import atomic_write
 from mesowriter._metadata import MetadataEncoder
-from mesowriter._report import StreamReport
+from mesowriter._platform import atomic_write
+from mesowriter._report import (
+    FinishReason,
+    ProducerStats,
+    StreamReport,
+    dropped_from,
+)
 from mesowriter._ring import STORES_IN_ORDER, FrameRing
 from mesowriter._spec import StreamSpec, report_path
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from mesowriter._service import WorkerHandle, WriterService
+    from mesowriter._workers import WorkerHandle
 
 POLICIES = ("block", "drop")
 # A sleeping worker is woken once this much waits in the ring (it also wakes
@@ -55,17 +64,17 @@ class Stream:
 
     def __init__(
         self,
-        service: WriterService,
         spec: StreamSpec,
         ring: FrameRing,
         worker: WorkerHandle,
         policy: str,
+        on_done: Callable[[Stream], None],
     ) -> None:
         self.spec = spec
         self.policy = check_policy(policy)
-        self._service = service
         self._ring = ring
         self.worker = worker
+        self._on_done = on_done
         self._shape = tuple(spec.shape)
         self._dtype = np.dtype(spec.dtype)
         self._encoder = MetadataEncoder()
@@ -82,7 +91,7 @@ class Stream:
         self._remote: m.RemoteError | None = None
         self._closing = False
         self._close_msg: m.CloseStream | None = None
-        self._worker_report: dict[str, Any] | None = None
+        self._worker_report: StreamReport | None = None
         self._report: StreamReport | None = None
         self._received = 0
         self._published = 0
@@ -91,6 +100,7 @@ class Stream:
             "ring_full": [],
             "rejected": [],
             "stream_error": [],
+            "interrupted": [],
         }
         self._rejected: list[dict[str, Any]] = []
         self._truncated: list[int] = []
@@ -109,13 +119,16 @@ class Stream:
         """Queue one frame; True if it went into the ring, False if dropped.
 
         Raises FrameRejected for a frame of the wrong shape or dtype (the
-        stream stays open) and WriterError once the stream has failed.
+        stream stays open) and WriterError once the stream has failed. A
+        KeyboardInterrupt (or any exception) while waiting for a slot records
+        the frame as dropped before it propagates.
         """
         with self._lock:
             if self._closing:
                 raise WriterError(f"{self.spec.path}: stream is closed")
             index = self._received
-            self._received += 1
+            ring = self._ring
+            self._received = ring.received = index + 1
             if self._error is not None:
                 self._drops["stream_error"].append(index)
                 raise self._failure()
@@ -131,7 +144,6 @@ class Stream:
                 self._rejected.append({"index": index, "reason": reason})
                 raise FrameRejected(reason)
             meta = self._encoder.encode(metadata)
-            ring = self._ring
             seq = self._published
             if seq - ring.read_cursor >= ring.n_slots:
                 if self.policy == "drop":
@@ -141,6 +153,9 @@ class Stream:
                     self._wait_for_space(seq)
                 except WriterError:  # the stream failed while this frame waited
                     self._drops["stream_error"].append(index)
+                    raise
+                except BaseException:  # Ctrl-C, SIGTERM: counted, then passed on
+                    self._drops["interrupted"].append(index)
                     raise
             np.copyto(ring.pixels(seq), arr, casting="equiv")
             if not ring.put_metadata(seq, index, meta):
@@ -195,10 +210,10 @@ class Stream:
 
     @property
     def frames_written(self) -> int:
-        """Frames durably written so far (read live from the ring)."""
-        if self._worker_report is not None:
-            return int(self._worker_report["frames_written"])
-        return self._ring.read_cursor if not self._closed.is_set() else 0
+        """Frames committed so far (read live from the ring)."""
+        if self._report is not None:
+            return self._report.frames_written
+        return self._ring.read_cursor
 
     @property
     def ring_fill(self) -> float:
@@ -213,13 +228,17 @@ class Stream:
 
     @property
     def bytes_written(self) -> int:
-        if self._worker_report is not None:
-            return int(self._worker_report["bytes_written"])
-        return self._ring.bytes_written if not self._closed.is_set() else 0
+        if self._report is not None:
+            return self._report.bytes_written
+        return self._ring.bytes_written
 
     @property
     def error(self) -> WriterError | None:
         return self._error
+
+    @property
+    def ring(self) -> FrameRing:
+        return self._ring
 
     # -- called by the service's monitor thread ------------------------------------
     def on_opened(self, msg: m.StreamOpened) -> None:
@@ -232,8 +251,9 @@ class Stream:
         self._error = error_from_remote(err, f"writing {self.spec.path}")
         self._space.set()
 
-    def on_closed(self, report: dict[str, Any] | None) -> None:
-        self._worker_report = report
+    def on_closed(self, report: bytes | None) -> None:
+        if report is not None:
+            self._worker_report = StreamReport.from_json(report)
         self._closed.set()
         self._space.set()
 
@@ -253,10 +273,31 @@ class Stream:
         worker.send(m.OpenStream(self.spec, self._ring.layout, resume=True))
         worker.send(m.Doorbell(self.spec.stream_id, self._published))
         if self._close_msg is not None:
-            worker.send(self._close_msg)
+            msg = self._close_msg
+            producer = msgspec.structs.replace(msg.producer, worker_restarts=self.restarts)
+            worker.send(msgspec.structs.replace(msg, producer=producer))
         self._space.set()  # a blocked producer asks the new worker again
 
     # -- the end ----------------------------------------------------------------
+    def producer_stats(self) -> ProducerStats:
+        enc = self._encoder
+        t_first = self._t_first or self._t_open
+        return ProducerStats(
+            received=self._received,
+            drops={k: list(v) for k, v in self._drops.items() if v},
+            rejected=list(self._rejected),
+            metadata_truncated=list(self._truncated),
+            metadata_fallbacks=enc.fallbacks,
+            metadata_frames_replaced=getattr(enc, "frames_replaced", 0),
+            metadata_nonfinite=getattr(enc, "nonfinite", 0),
+            ring_high_water=self._high_water,
+            blocked_seconds=self._blocked,
+            blocked_events=self._blocked_events,
+            seconds=time.perf_counter() - t_first,
+            started_at=self._started_at,
+            worker_restarts=self.restarts,
+        )
+
     def close(
         self,
         reason: str = "completed",
@@ -266,27 +307,26 @@ class Stream:
     ) -> StreamReport:
         """Finish the file: wait for every published frame, finalise, report.
 
-        Returns the report (also written next to the data). With `check`,
-        a stream that failed raises WriterError after finalising; the report
-        is then on the exception as `.report`. `extra_metadata` (JSON) is
-        merged into the sidecar's top level by the worker.
+        Returns the report, which the writer process also wrote next to the
+        data. With `check`, a stream that failed raises WriterError after
+        finalising; the report is then on the exception as `.report`.
+        `extra_metadata` (JSON) is merged into the sidecar's top level.
         """
         with self._lock:
             if self._report is None:
                 if not self._closing:
                     self._closing = True
                     self._close_msg = m.CloseStream(
-                        self.spec.stream_id, self._published, reason, extra_metadata
+                        self.spec.stream_id,
+                        self._published,
+                        reason,
+                        self.producer_stats(),
+                        extra_metadata,
                     )
                     self.worker.send(self._close_msg)
                 self._closed.wait()
-                self._report = self._build_report(reason)
-                self._service._forget(self)
-                self._service._release_ring(self._ring)
-                try:
-                    atomic_write(report_path(self.spec.path), self._report.to_json())
-                except OSError as exc:
-                    self._report.secondary_errors.append(f"writing the report: {exc!r}")
+                self._report = self._worker_report or self._own_report(reason)
+                self._on_done(self)
         if check and self._report.error is not None:
             failure = WriterError(f"{self.spec.path}: {self._report.error}")
             failure.__cause__ = self._error.__cause__ if self._error else None
@@ -295,75 +335,72 @@ class Stream:
         return self._report
 
     def abort(self) -> None:
-        """Release the ring without a worker (the service is going down)."""
+        """Give up waiting for a worker (the service is going down)."""
         self._closed.set()
-        self._ring.destroy()
+        self._space.set()
 
-    def _build_report(self, reason: str) -> StreamReport:
-        wr = self._worker_report
-        if wr is None:  # the worker died for good: its ring says what is on disk
-            wr = {
-                "frames_written": self._ring.read_cursor,
-                "bytes_written": self._ring.bytes_written,
-                "secondary_errors": [
-                    "the file was not finalised; `mesowriter recover "
-                    f"{self.spec.path}` declares the frames on disk"
-                ],
-            }
-        drops = {k: list(v) for k, v in self._drops.items()}
-        written = int(wr.get("frames_written", 0))
-        # Frames are written in the order published: the rest never made it.
-        unwritten = self._published_index[written:]
-        drops["stream_error"] = sorted(set(drops["stream_error"]) | set(unwritten))
-        dropped = sorted({i for v in drops.values() for i in v})
+    def _own_report(self, reason: str) -> StreamReport:
+        """The worker died for good: what this side and the ring know.
+
+        Frames are committed in the order published, so the first
+        `read_cursor` published frames are on disk and the rest are not.
+        """
+        ring = self._ring
+        written = ring.read_cursor
+        written_idx = set(self._published_index[:written])
+        drops = {k: list(v) for k, v in self._drops.items() if v}
+        unwritten = [i for i in self._published_index[written:] if i not in written_idx]
+        if unwritten:
+            drops["stream_error"] = sorted(set(drops.get("stream_error", [])) | set(unwritten))
+        dropped = dropped_from(drops)
         err = self._remote
-        if err is None and wr.get("error"):
-            err = msgspec.convert(wr["error"], m.RemoteError)
-        expected = self.spec.frames
-        if err is not None:
-            finish = "error"
-        elif reason != "completed":
-            finish = reason
-        elif dropped or (expected is not None and written != expected):
-            finish = "incomplete"
-        else:
-            finish = "completed"
-        elapsed = time.perf_counter() - (self._t_first or self._t_open)
-        nbytes = int(wr.get("bytes_written", 0))
-        return StreamReport(
+        stats = self.producer_stats()
+        report = StreamReport(
             path=self.spec.path,
             kind=self.spec.kind,
             position_key=self.spec.position_key,
             shape=list(self.spec.shape),
             dtype=self.spec.dtype,
-            finish_reason=finish,
-            frames_expected=expected,
+            finish_reason=FinishReason.ERROR if err else _reason(reason),
+            frames_expected=self.spec.frames,
             frames_received=self._received,
             frames_written=written,
             frames_dropped=len(dropped),
             dropped_indices=dropped,
             drops=drops,
-            rejected=self._rejected,
-            ring_slots=self._ring.n_slots,
-            ring_bytes=self._ring.layout.total_bytes,
-            ring_high_water=self._high_water,
-            blocked_seconds=self._blocked,
-            blocked_events=self._blocked_events,
-            bytes_written=nbytes,
-            seconds=elapsed,
-            throughput_gbps=nbytes / elapsed / 1e9 if elapsed > 0 else 0.0,
-            write_seconds=float(wr.get("write_seconds", 0.0)),
+            rejected=stats.rejected,
+            ring_slots=ring.n_slots,
+            ring_bytes=ring.layout.region_bytes,
+            ring_high_water=stats.ring_high_water,
+            blocked_seconds=stats.blocked_seconds,
+            blocked_events=stats.blocked_events,
+            bytes_written=ring.bytes_written,
+            seconds=stats.seconds,
             worker_restarts=self.restarts,
-            metadata_fallbacks=self._encoder.fallbacks,
-            metadata_truncated=self._truncated,
-            sidecar=wr.get("sidecar"),
-            sink=wr.get("sink", {}),
+            metadata_fallbacks=stats.metadata_fallbacks,
+            metadata_truncated=stats.metadata_truncated,
+            written_by="service",
             error=f"{err.type}: {err.message}" if err else None,
             error_traceback=err.traceback if err else None,
-            secondary_errors=list(wr.get("secondary_errors", [])),
+            secondary_errors=[
+                "the file was not finalised; `mesowriter recover "
+                f"{self.spec.path}` declares the frames on disk"
+            ],
             started_at=self._started_at,
             finished_at=_now(),
         )
+        try:
+            atomic_write(report_path(self.spec.path), report.to_json())
+        except OSError as exc:
+            report.secondary_errors.append(f"writing the report: {exc!r}")
+        return report
+
+
+def _reason(reason: str) -> FinishReason:
+    try:
+        return FinishReason(reason)
+    except ValueError:
+        return FinishReason.INCOMPLETE
 
 
 def _truncated_note(nbytes: int) -> bytes:

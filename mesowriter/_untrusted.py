@@ -15,10 +15,10 @@ on a file's word:
   there are no entities to expand and no external entities to fetch), caps
   the size and the nesting depth;
 - `check_ome` compares what the OME-XML declares (planes x plane bytes, each
-  TiffData's IFD and PlaneCount) with the file size and its IFD count;
+  TiffData's IFD and PlaneCount) with the file size and its IFD count, and
+  `check_imagej` what an ImageJ description declares;
 - `check_stream_spec` bounds a journal header's spec (shape, dtype, frame
-  bytes), and `parse_journal_record` reads a journal line whose metadata
-  holds the NaN/Infinity tokens `MetadataEncoder` writes.
+  bytes).
 
 Any violation raises `BadFileError`, one line naming the file and what is
 wrong with it; the CLI turns it into exit code 2.
@@ -46,10 +46,10 @@ __all__ = [
     "BadFileError",
     "TiffFacts",
     "TiffPage",
+    "check_imagej",
     "check_input_file",
     "check_ome",
     "check_stream_spec",
-    "parse_journal_record",
     "parse_xml",
     "plain_dtype",
     "read_journal_header",
@@ -275,6 +275,40 @@ def _xml_int(
     if not text.isdigit() or not text.isascii() or len(text) > 15:
         raise _bad(source, f"OME {name}={raw[:40]!r} is not a plausible count")
     return int(text)
+
+
+_IMAGEJ_COUNTS = ("images", "channels", "slices", "frames")
+
+
+def check_imagej(description: bytes, facts: TiffFacts, *, source: str) -> int:
+    """Check an ImageJ hyperstack description against the file; its planes.
+
+    ImageJ (and tifffile) take `images` planes of the first page's size, read
+    contiguously when the file has fewer IFDs (as ImageJ writes files over
+    4 GiB), so `images` x plane bytes must fit in the file, and the counts
+    must be plain integers. Raises BadFileError.
+    """
+    counts: dict[str, int] = {}
+    for raw in description.split(b"\n")[:64]:
+        key, sep, value = raw.decode("ascii", "replace").partition("=")
+        if sep and key in _IMAGEJ_COUNTS:
+            text = value.strip()
+            if not text.isdigit() or not text.isascii() or len(text) > 15:
+                raise _bad(source, f"ImageJ {key}={text[:40]!r} is not a count")
+            counts[key] = int(text)
+    page = facts.first
+    if page is None:
+        raise _bad(source, "has an ImageJ description but no image")
+    planes = counts.get("images", 1)
+    product = math.prod(counts.get(k, 1) for k in _IMAGEJ_COUNTS[1:])
+    plane_bytes = page.width * page.height * page.samples * max(page.bits, 8) // 8
+    if max(planes, product) * plane_bytes > facts.file_size:
+        raise _bad(
+            source,
+            f"its ImageJ description declares {max(planes, product)} planes of "
+            f"{plane_bytes} bytes, more than the file's {facts.file_size} bytes hold",
+        )
+    return planes
 
 
 # -- TIFF ------------------------------------------------------------------------
@@ -655,27 +689,3 @@ def read_journal_header(path: str, *, max_bytes: int = 64 << 20) -> Any:
         ) from None
     check_stream_spec(header.spec, source=path)
     return header
-
-
-_RECORD = re.compile(rb'\{"i":(\d{1,19}),"k":(\d{1,19}),"m":(.*)\}', re.DOTALL)
-
-
-def parse_journal_record(line: bytes) -> tuple[int, int, bytes] | None:
-    """(frame index, file position, metadata JSON) of one journal line.
-
-    For lines msgspec refuses: `Journal.append` writes exactly
-    `{"i":<int>,"k":<int>,"m":<metadata>}`, and the metadata may hold the
-    NaN/Infinity tokens `MetadataEncoder` keeps, which Python's json reads.
-    None for a line that is not such a record (e.g. torn by a crash).
-    """
-    match = _RECORD.fullmatch(line.rstrip(b"\n"))
-    if match is None:
-        return None
-    import json
-
-    meta = match.group(3)
-    try:
-        json.loads(meta)
-    except (ValueError, RecursionError):
-        return None
-    return int(match.group(1)), int(match.group(2)), meta

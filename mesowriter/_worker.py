@@ -1,32 +1,42 @@
-"""The writer worker process: drains rings into sinks, in order, one batch at a time.
+"""The writer worker process: drains rings into sinks, commits, journals.
 
 ::
 
     user's process (acquisition)               writer worker (spawned)
     ----------------------------               -----------------------
     Stream.write(frame, meta)
-      copy pixels -> ring slot  ===shm===>     StreamRunner.step()
-      meta JSON   -> ring meta  ===shm===>       SlotFrames (views, no copy)
-      write_cursor += 1                          sink.write(batch)  -> data file
-      Doorbell ----------------pipe------->      journal.append()   -> journal
-        (only to a sleeping worker, once         read_cursor += n   (slot free)
-         a few frames wait; a worker with        (asleep: wait on the pipe, at
-         streams also wakes itself)               most NAP_SECONDS at a time)
+      copy pixels -> ring slot  ===shm===>     StreamRunner.pump()
+      meta JSON   -> ring meta  ===shm===>       sink.submit(batch)  several
+      write_cursor += 1                            writes in flight (threads)
+      Doorbell ----------------pipe------->      sink.collect(): commit =
+        (only to a sleeping worker, once           sync, link, header block
+         a few frames wait; a worker with        journal lines + sync
+         streams also wakes itself)              read_cursor += n  (slot free)
       (full ring) WantSpace ---pipe------->      ... Space once a slot is free
-      Monitor thread <---------pipe--------      StreamOpened / Failed / Closed
+      CloseStream(+ producer figures) ---->      drain, finalise, sidecar,
+                                                 report, journal removed
+      Monitor thread <---------pipe--------      StreamOpened/Failed/Closed
       Monitor thread <-- process sentinel --     (worker death)
 
+Durable order per commit: pixels and IFDs synced, then links, header block
+and description (the sink), then the journal lines and their sync, then the
+ring's read cursor. At close: the file is finalised and that made durable,
+then the sidecar, then the report, and only then is the journal removed; a
+replacement worker that finds the file finalised reports what is there.
+
 A worker never calls MMCore and never sees a pickled pixel. It exits when
-told to, or finishes what the ring holds and exits when its parent dies.
+told to, or finishes what the rings hold and exits when its parent dies.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import signal
 import time
+from collections.abc import Callable
 from contextlib import suppress
-from multiprocessing import connection, parent_process
+from multiprocessing import Pipe, connection, parent_process
 from typing import Any
 
 import msgspec
@@ -34,79 +44,121 @@ import msgspec
 from mesowriter import _messages as m
 from mesowriter._errors import remote_error
 from mesowriter._faults import Faults
-from mesowriter._journal import Journal, atomic_write, iter_records, write_sidecar
-from mesowriter._ring import STORES_IN_ORDER, FrameRing, RingLayout
-from mesowriter._spec import StreamSpec, journal_path, report_path, sidecar_path
-from mesowriter.sinks import FrameBatch, SlotFrame, sink_class
+from mesowriter._journal import Journal, iter_records, scan, write_group_sidecar
+from mesowriter._platform import atomic_write
+from mesowriter._report import FinishReason, ProducerStats, StreamReport, dropped_from
+from mesowriter._ring import STORES_IN_ORDER, FrameRing, RingLayout, SharedBlock
+from mesowriter._spec import StreamSpec, journal_path, report_path
+from mesowriter.sinks import (
+    BatchFailed,
+    FrameBatch,
+    ResumeState,
+    SinkFinalised,
+    SlotFrame,
+    sink_class,
+)
 
-MAX_BATCH_BYTES = 64 * 1024 * 1024
+BATCH_BYTES = 32 * 1024 * 1024
 # A worker with open streams wakes itself this often to look at the rings, so
 # that producers need not wake it for every frame (see Stream.write).
 NAP_SECONDS = 0.01
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
 class StreamRunner:
     """One stream inside a worker: ring -> sink -> journal -> read cursor."""
 
-    def __init__(self, spec: StreamSpec, layout: RingLayout, resume: bool) -> None:
+    def __init__(
+        self,
+        spec: StreamSpec,
+        layout: RingLayout,
+        block: SharedBlock,
+        resume: bool,
+        wake: Callable[[Any], None],
+    ) -> None:
         self.spec = spec
         self.faults = Faults.parse(spec.fault, resumed=resume)
         self.sink = sink_class(spec.kind)(spec)
+        self.sink.on_io(wake)
         self.error: m.RemoteError | None = None
         self.secondary_errors: list[str] = []
-        self.report: dict[str, Any] | None = None
+        self.notes: list[str] = []
+        self.report: StreamReport | None = None
+        self.final_frames: int | None = None  # already finalised on resume
         self.write_seconds = 0.0
-        self.ring = FrameRing.attach(layout)
-        jpath = journal_path(spec.path)
+        self.settled = True
+        self.ring = FrameRing.attach(layout, block)
+        self.journal: Journal | None = None
         self.resumed_from = 0
-        if resume and os.path.exists(jpath):
-            self.journal = Journal.reopen(jpath)
-            self.resumed_from = self.journal.records
-            if self.resumed_from:
-                self.sink.open(resume_from=self.resumed_from)
+        try:
+            if resume:
+                self._resume()
             else:
-                self._reopen_fresh()
-        elif resume:  # the first worker died before its journal existed
-            self._reopen_fresh()
-            self.journal = Journal.create(jpath, spec)
-        else:
-            self._open_new(jpath)
-        self.next = self.journal.records
-        self.ring.read_cursor = self.next
+                self._open_new()
+        except BaseException:
+            self.ring.close()
+            raise
+        self.committed = self.ring.read_cursor
+        self.next = self.committed
         # Where stores may be seen out of order, only frames a pipe message
         # announced are safe to read; on x86-64 the write cursor says it all.
         self.announced: int | None = None if STORES_IN_ORDER else self.next
-        # After a failed batch its frames are tried again one at a time.
+        # After a failed write its frames are tried again one at a time.
         self.by_frame_until = 0
 
-    def _open_new(self, jpath: str) -> None:
-        """Create file and journal; on failure leave neither a half-made file
-        (one this call created) nor an open descriptor or ring mapping."""
+    def _open_new(self) -> None:
+        """Create file and journal; on failure leave no half-made file that
+        this call created, and no open descriptor."""
         existed = os.path.exists(self.spec.path)
+        opened = False
         try:
-            self.sink.open(0)
-            self.journal = Journal.create(jpath, self.spec)
+            self.sink.open(None)
+            opened = True
+            self.journal = Journal.create(self.spec)
         except BaseException:
-            abort = getattr(self.sink, "abort", None)
-            if abort is not None:
-                with suppress(Exception):
-                    abort()
-            if not existed:
+            with suppress(Exception):
+                self.sink.abort()
+            if opened and not existed:
                 with suppress(OSError):
                     os.unlink(self.spec.path)
-            self.ring.close()
             raise
 
-    def _reopen_fresh(self) -> None:
-        """A worker died before its first frame: start the file again."""
-        self.sink = sink_class(self.spec.kind)(
-            msgspec.structs.replace(self.spec, overwrite=True)
-        )
-        self.sink.open(0)
+    def _resume(self) -> None:
+        """Take over a stream whose worker died: never truncate, never
+        rewrite what is committed; a finalised file is only reported."""
+        committed = self.ring.read_cursor
+        jpath = journal_path(self.spec.path)
+        positions: list[int] = []
+        if os.path.exists(jpath):
+            _, records, _ = scan(jpath)
+            positions = [k for _, k, _ in records[:committed]]
+        try:
+            self.sink.open(ResumeState(committed, positions))
+        except SinkFinalised as done:
+            self.final_frames = done.frames
+            self.notes.append(f"a replacement worker found the file {done}")
+            return
+        if os.path.exists(jpath):
+            self.journal = Journal.reopen(jpath, keep=committed)
+        elif committed == 0:
+            self.journal = Journal.create(self.spec)
+        else:
+            raise RuntimeError(
+                f"{jpath} is gone while {committed} frames are committed; the file "
+                f"keeps them: `mesowriter recover {self.spec.path}`"
+            )
+        self.resumed_from = committed
 
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    @property
+    def done(self) -> bool:
+        return self.failed or self.report is not None or self.final_frames is not None
 
     def published(self) -> int:
         """Frames the producer has published that this worker may read."""
@@ -118,136 +170,243 @@ class StreamRunner:
             self.announced = max(self.announced, published)
 
     def pending(self) -> bool:
-        return not self.failed and self.report is None and self.published() > self.next
-
-    def step(self) -> int:
-        """Write the next run of published frames; return how many."""
-        ring = self.ring
-        stop = self.published()
-        if self.next >= stop:
-            return 0
-        max_bytes = 1 if self.next < self.by_frame_until else MAX_BATCH_BYTES
-        first, count = next(ring.runs(self.next, stop, max_bytes))
-        frames = []
-        for seq in range(first, first + count):
-            index, meta = ring.get_metadata(seq)
-            frames.append(SlotFrame(index, ring.pixels(seq), meta))
-        batch = FrameBatch(
-            frames=frames,
-            span=ring.span(first, count),
-            prefixes=[ring.prefix(s) for s in range(first, first + count)],
-            slot_stride=ring.stride,
+        return not self.done and (
+            self.published() > self.next or self.sink.in_flight()
         )
+
+    # -- the work ---------------------------------------------------------------------
+    def pump(self) -> bool:
+        """Submit what is published, harvest what finished; True if progress."""
+        if self.done:
+            return False
         t0 = time.perf_counter()
         try:
-            self.faults.before_write(self.next, count)
-            nbytes = self.sink.write(batch)
-        except OSError:
-            if count == 1 or not self.sink.retry_by_frame:
-                raise
-            self.by_frame_until = first + count  # keep every frame that still fits
-            return 0
+            progress = self._submit() | self._collect()
         finally:
             self.write_seconds += time.perf_counter() - t0
-        self.faults.after_write(self.next, self.next + count)
-        self.journal.append(
-            [(f.index, first + j, f.metadata) for j, f in enumerate(frames)]
-        )
-        before = self.next
-        self.next += count
-        ring.bytes_written = ring.bytes_written + nbytes
-        ring.read_cursor = self.next
-        self.faults.after_commit(before, self.next)
-        return count
+        if progress:
+            self.settled = False
+        return progress
 
-    def idle(self) -> None:
-        """Nothing to write right now: let readers see what is on disk.
+    def _submit(self) -> bool:
+        ring, sink = self.ring, self.sink
+        stop = self.published()
+        progress = False
+        while self.next < stop and sink.ready():
+            first = self.next
+            single = first < self.by_frame_until
+            count = 1 if single else ring.run_length(first, stop, BATCH_BYTES)
+            try:
+                self.faults.before_write(first, count)
+            except OSError:
+                if single or not sink.retry_by_frame:
+                    raise
+                self._retry_singly(first + count)
+                return progress
+            frames = []
+            for seq in range(first, first + count):
+                index, meta = ring.get_metadata(seq)
+                frames.append(SlotFrame(index, ring.pixels(seq), meta))
+            batch = FrameBatch(frames, ring.span(first, count), ring.stride)
+            self.next = first + count
+            self._commit(sink.submit(batch))
+            progress = True
+        return progress
 
-        A failure here loses no frame (the final OME-XML is written at close)
-        but is kept for the report, once.
-        """
+    def _collect(self) -> bool:
         try:
-            self.sink.flush(force=True)
+            positions = self.sink.collect()
+        except BatchFailed as failed:
+            self._commit(failed.committed)
+            if failed.failed == 1 or not self.sink.retry_by_frame:
+                raise failed.cause from None
+            self._retry_singly(self.next)
+            return True
+        self._commit(positions)
+        return bool(positions)
+
+    def _retry_singly(self, until: int) -> None:
+        """A write failed: keep every frame that still fits (a full disk),
+        trying the rest one at a time from the last committed frame."""
+        self.by_frame_until = max(self.by_frame_until, until)
+        self.next = self.committed
+
+    def _commit(self, positions: list[int]) -> None:
+        """Journal frames the sink committed (durable), then free their slots."""
+        if not positions:
+            return
+        ring = self.ring
+        first, n = self.committed, len(positions)
+        self.faults.after_write(first, first + n)
+        entries = []
+        for j, pos in enumerate(positions):
+            index, meta = ring.get_metadata(first + j)
+            entries.append((index, pos, meta))
+        assert self.journal is not None
+        self.journal.append(entries)
+        self.journal.sync()
+        self.committed = first + n
+        ring.bytes_written = ring.bytes_written + n * ring.layout.frame_nbytes
+        ring.read_cursor = self.committed
+        self.faults.after_commit(first, self.committed)
+
+    def wait_hint(self) -> float | None:
+        """Seconds until this stream needs the worker again (a commit due)."""
+        return self.sink.next_commit_in()
+
+    def settle(self) -> None:
+        """Nothing to do right now: let readers see what is on disk. A failure
+        here loses no frame but is kept for the report, once."""
+        if self.settled or self.done or self.sink.in_flight():
+            return
+        self.settled = True
+        try:
+            self.sink.settle()
         except Exception as exc:
-            note = f"updating the provisional OME-XML: {exc!r}"
+            note = f"updating the provisional description: {exc!r}"
             if note not in self.secondary_errors:
                 self.secondary_errors.append(note)
 
     def fail(self, exc: BaseException) -> None:
-        """Stop writing; finalise what made it to disk."""
+        """Stop writing; what was committed stays (finalised at close)."""
         self.error = remote_error(exc)
-        self.close("error")
+        with suppress(Exception):
+            self._commit(self.sink.drain())
 
+    # -- the end ---------------------------------------------------------------------------
     def close(
         self,
         reason: str,
+        producer: ProducerStats | None,
         extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Finalise file and sidecar (each step guarded); build the report.
+        written_by: str = "writer",
+    ) -> StreamReport:
+        """Drain, finalise, sidecar, report, then remove the journal.
 
-        `extra` (sent with CloseStream) is merged over the spec's
-        `extra_metadata` into the sidecar's top level. A step that fails
-        becomes the stream's error (or, after another error, a secondary
-        one), and the journal is kept for `mesowriter recover`.
+        Each step is guarded: a failure becomes the stream's error (or a
+        secondary one) and the journal is kept for `mesowriter recover`.
         """
-        if self.report is not None:  # finalised when the stream failed
-            if extra:
-                self._merge_into_sidecar(extra)
+        if self.report is not None:
             return self.report
-        # The journal is streamed, twice (file, then sidecar), never loaded:
-        # finalising costs the same memory at 1 000 or 100 000 frames.
-        jpath = self.journal.path
-        self.journal.close()
-        sink_summary: dict[str, Any] = {}
-        finalised = True
+        if self.final_frames is None:
+            self._finalise(reason, extra)
+        report = self._report(reason, producer, written_by)
         try:
-            sink_summary = self.sink.close(reason, iter_records(jpath))
+            atomic_write(report_path(self.spec.path), report.to_json())
         except Exception as exc:
-            finalised = False
-            self._step_failed("finalising the file", exc)
-            abort = getattr(self.sink, "abort", None)
-            if abort is not None:
-                with suppress(Exception):
-                    abort()
-        sidecar = sidecar_path(self.spec.path)
-        written = self.journal.records
-        try:
-            written = write_sidecar(
-                sidecar,
-                {self.spec.position_key: (meta for _, meta in iter_records(jpath))},
-                extra={**(self.spec.extra_metadata or {}), **(extra or {})},
-            )
-            if finalised:
+            report.secondary_errors.append(f"writing the report: {exc!r}")
+        if self._sidecar_done and self.journal is not None and self.spec.solo:
+            with suppress(OSError):
                 self.journal.remove()
-        except Exception as exc:
-            self._step_failed("writing the sidecar", exc)
-        self.report = {
-            "frames_written": written,
-            "bytes_written": self.ring.bytes_written,
-            "write_seconds": self.write_seconds,
-            "sidecar": sidecar,
-            "sink": sink_summary,
-            "resumed_from": self.resumed_from,
-            "error": msgspec.to_builtins(self.error) if self.error else None,
-            "secondary_errors": self.secondary_errors,
-        }
-        return self.report
+        elif self.journal is not None:
+            self.journal.close()
+        self.report = report
+        return report
 
-    def _merge_into_sidecar(self, extra: dict[str, Any]) -> None:
-        """Metadata known only at the end (CV2Writer.finish) still reaches the
-        sidecar of a stream that failed and was finalised earlier."""
-        import json
+    _sidecar_done = False
+    _sink_summary: dict[str, Any] | None = None
 
-        path = sidecar_path(self.spec.path)
+    def _finalise(self, reason: str, extra: dict[str, Any] | None) -> None:
+        if not self.failed:
+            try:
+                self._commit(self.sink.drain())
+            except Exception as exc:
+                self._step_failed("writing the last frames", exc)
+        jpath = journal_path(self.spec.path)
+        finalised = False
         try:
-            with open(path, "rb") as fh:
-                data = json.load(fh)
-            data.update(extra)
-            atomic_write(path, msgspec.json.encode(data))
+            records = iter_records(jpath, self.committed)
+            self._sink_summary = self.sink.close(reason, records)
+            finalised = True
         except Exception as exc:
-            self.secondary_errors.append(
-                f"adding extra metadata to the sidecar: {exc!r}"
-            )
+            self._step_failed("finalising the file", exc)
+            with suppress(Exception):
+                self.sink.abort()
+        if self.spec.solo:
+            try:
+                write_group_sidecar(
+                    self.spec.sidecar_spec,
+                    extra={**(self.spec.extra_metadata or {}), **(extra or {})},
+                )
+                self._sidecar_done = finalised
+            except Exception as exc:
+                self._step_failed("writing the sidecar", exc)
+
+    def _report(
+        self, reason: str, producer: ProducerStats | None, written_by: str
+    ) -> StreamReport:
+        spec = self.spec
+        written = self._written_indices()
+        stats = producer or ProducerStats(received=self.ring.received)
+        received = max(stats.received, max(written, default=-1) + 1)
+        drops = {k: list(v) for k, v in stats.drops.items() if v}
+        known = {i for v in drops.values() for i in v}
+        written_set = set(written)
+        lost = [i for i in range(received) if i not in written_set and i not in known]
+        if lost:
+            drops["not_written"] = lost
+        for v in drops.values():
+            v[:] = [i for i in v if i not in written_set]
+        dropped = dropped_from(drops)
+        err = self.error
+        finish = _finish_reason(reason, err, dropped, spec.frames, len(written))
+        if producer is None and finish not in (FinishReason.ERROR,):
+            finish = FinishReason.ACQUISITION_EXITED
+        nbytes = self.ring.bytes_written
+        seconds = stats.seconds
+        return StreamReport(
+            path=spec.path,
+            kind=spec.kind,
+            position_key=spec.position_key,
+            shape=list(spec.shape),
+            dtype=spec.dtype,
+            finish_reason=finish,
+            frames_expected=spec.frames,
+            frames_received=received,
+            frames_written=len(written),
+            frames_dropped=len(dropped),
+            dropped_indices=dropped,
+            drops=drops,
+            rejected=stats.rejected,
+            ring_slots=self.ring.n_slots,
+            ring_bytes=self.ring.layout.region_bytes,
+            ring_high_water=stats.ring_high_water,
+            blocked_seconds=stats.blocked_seconds,
+            blocked_events=stats.blocked_events,
+            bytes_written=nbytes,
+            seconds=seconds,
+            throughput_gbps=nbytes / seconds / 1e9 if seconds > 0 else 0.0,
+            write_seconds=self.write_seconds,
+            worker_restarts=stats.worker_restarts,
+            metadata_fallbacks=stats.metadata_fallbacks,
+            metadata_frames_replaced=stats.metadata_frames_replaced,
+            metadata_nonfinite=stats.metadata_nonfinite,
+            metadata_truncated=stats.metadata_truncated,
+            sidecar=spec.sidecar_spec.path,
+            sink=self._sink_summary or {},
+            written_by=written_by,
+            error=f"{err.type}: {err.message}" if err else None,
+            error_traceback=err.traceback if err else None,
+            secondary_errors=self.secondary_errors,
+            notes=self.notes,
+            started_at=stats.started_at,
+            finished_at=_now(),
+        )
+
+    def _written_indices(self) -> list[int]:
+        """Stream indices of the frames in the file, from the journal."""
+        jpath = journal_path(self.spec.path)
+        if os.path.exists(jpath):
+            return [i for i, _ in iter_records(jpath, self.committed)]
+        if self.final_frames is not None:  # finalised before: read its report
+            try:
+                with open(report_path(self.spec.path), "rb") as fh:
+                    old = StreamReport.from_json(fh.read())
+                dropped = set(old.dropped_indices)
+                return [i for i in range(old.frames_received) if i not in dropped]
+            except (OSError, ValueError):
+                return list(range(self.final_frames))
+        return []
 
     def _step_failed(self, step: str, exc: BaseException) -> None:
         """A finalisation step failed: the stream's error unless it has one."""
@@ -259,8 +418,28 @@ class StreamRunner:
             self.secondary_errors.append(f"{step}: {exc!r}")
 
     def release(self) -> None:
-        """Unmap the ring (after the parent has its report: unmapping is slow)."""
+        """Drop the ring's views (the block stays mapped for the next stream)."""
         self.ring.close()
+
+
+def _finish_reason(
+    reason: str,
+    err: m.RemoteError | None,
+    dropped: list[int],
+    expected: int | None,
+    written: int,
+) -> FinishReason:
+    if err is not None:
+        return FinishReason.ERROR
+    try:
+        given = FinishReason(reason)
+    except ValueError:
+        given = FinishReason.COMPLETED
+    if given is not FinishReason.COMPLETED:
+        return given
+    if dropped or (expected is not None and written != expected):
+        return FinishReason.INCOMPLETE
+    return FinishReason.COMPLETED
 
 
 class Worker:
@@ -269,11 +448,18 @@ class Worker:
     def __init__(self, inbound: Any, outbound: Any) -> None:
         self.inbound = inbound
         self.outbound = outbound
+        self.blocks: dict[str, SharedBlock] = {}
         self.streams: dict[int, StreamRunner] = {}
         self.wants: dict[int, int] = {}
         self.closing: dict[int, m.CloseStream] = {}
         parent = parent_process()
         self.parent_sentinel = parent.sentinel if parent is not None else None
+        # Finished writes (I/O threads) wake the loop through this pipe.
+        self._io_r, self._io_w = Pipe(duplex=False)
+
+    def _io_done(self, _future: Any) -> None:
+        with suppress(OSError):
+            self._io_w.send_bytes(b"")
 
     def send(self, msg: m.ToParent) -> None:
         with suppress(OSError):  # the parent is gone: nobody to tell
@@ -281,11 +467,6 @@ class Worker:
 
     def run(self) -> None:
         while True:
-            if not self._busy():
-                ready = self._sleep()
-                if ready and self.inbound not in ready:
-                    self._orphaned()
-                    return
             while self.inbound.poll():
                 try:
                     raw = self.inbound.recv_bytes()
@@ -297,42 +478,48 @@ class Worker:
                     self._close_all("canceled")
                     return
                 self._handle(msg)
-            self._work()
+            if self._work():
+                continue
+            ready = self._sleep()
+            if self.parent_sentinel is not None and self.parent_sentinel in ready:
+                self._orphaned()
+                return
 
     def _sleep(self) -> list[Any]:
-        """Wait for a message, the parent's death or (with streams open) a nap.
+        """Wait for a message, a finished write, the parent's death or a nap.
 
         Each ring's `worker_asleep` flag tells its producer to ring the
         doorbell; the rings are looked at again after setting it, so a frame
         published meanwhile is not left waiting for the nap to end.
         """
-        waitables: list[Any] = [self.inbound]
+        waitables: list[Any] = [self.inbound, self._io_r]
         if self.parent_sentinel is not None:
             waitables.append(self.parent_sentinel)
-        rings = [r.ring for r in self.streams.values() if r.report is None]
-        for ring in rings:
-            ring.worker_asleep = True
+        live = [r for r in self.streams.values() if not r.done]
+        for r in live:
+            r.ring.worker_asleep = True
         try:
-            if self._busy():
-                return [self.inbound]
-            nap = NAP_SECONDS if rings and STORES_IN_ORDER else None
-            return list(connection.wait(waitables, timeout=nap))
+            if any(r.published() > r.next for r in live):
+                return []
+            timeout: float | None = NAP_SECONDS if live and STORES_IN_ORDER else None
+            hints = [h for r in live if (h := r.wait_hint()) is not None]
+            if hints:
+                timeout = min(hints + ([timeout] if timeout is not None else []))
+            ready = list(connection.wait(waitables, timeout=timeout))
         finally:
-            for ring in rings:
-                ring.worker_asleep = False
-
-    def _busy(self) -> bool:
-        if any(r.pending() for r in self.streams.values()):
-            return True
-        return any(self._close_ready(sid) for sid in self.closing)
+            for r in live:
+                r.ring.worker_asleep = False
+        with suppress(OSError, EOFError):
+            while self._io_r.poll():
+                self._io_r.recv_bytes()
+        return ready
 
     def _handle(self, msg: m.ToWorker) -> None:
         if isinstance(msg, m.Doorbell):
             runner = self.streams.get(msg.stream_id)
             if runner is not None:
                 runner.announce(msg.published)
-            return
-        if isinstance(msg, m.WantSpace):
+        elif isinstance(msg, m.WantSpace):
             self.wants[msg.stream_id] = msg.seq
             self._answer_want(msg.stream_id)
         elif isinstance(msg, m.OpenStream):
@@ -342,11 +529,28 @@ class Worker:
             runner = self.streams.get(msg.stream_id)
             if runner is not None:
                 runner.announce(msg.published)
+        elif isinstance(msg, m.MapBlock):
+            try:
+                self._block(msg.name)
+                self.send(m.BlockMapped(msg.name))
+            except Exception as exc:
+                self.send(m.BlockMapped(msg.name, error=repr(exc)))
+        elif isinstance(msg, m.UnmapBlock):
+            block = self.blocks.pop(msg.name, None)
+            if block is not None:
+                block.close()
+
+    def _block(self, name: str) -> SharedBlock:
+        block = self.blocks.get(name)
+        if block is None:
+            block = self.blocks[name] = SharedBlock.attach(name)
+        return block
 
     def _open(self, msg: m.OpenStream) -> None:
         sid = msg.spec.stream_id
         try:
-            runner = StreamRunner(msg.spec, msg.ring, msg.resume)
+            block = self._block(msg.ring.block)
+            runner = StreamRunner(msg.spec, msg.ring, block, msg.resume, self._io_done)
         except Exception as exc:
             self.send(m.StreamOpened(sid, error=remote_error(exc)))
             return
@@ -360,79 +564,95 @@ class Worker:
             return
         if (
             runner is None
-            or runner.failed
-            or runner.report is not None
+            or runner.done
             or (seq - runner.ring.read_cursor < runner.ring.n_slots)
         ):
             del self.wants[sid]
             self.send(m.Space(sid))
 
-    def _work(self) -> None:
+    def _work(self) -> bool:
+        progress = False
         for sid, runner in list(self.streams.items()):
-            if runner.pending():
-                try:
-                    runner.step()
-                except Exception as exc:
-                    runner.fail(exc)
-                    assert runner.error is not None
-                    self.send(m.StreamFailed(sid, runner.error))
-                if not runner.pending():
-                    runner.idle()
+            try:
+                progress |= runner.pump()
+            except Exception as exc:
+                runner.fail(exc)
+                assert runner.error is not None
+                self.send(m.StreamFailed(sid, runner.error))
+                progress = True
+            if not runner.pending():
+                runner.settle()
             self._answer_want(sid)
         for sid in [s for s in self.closing if self._close_ready(s)]:
             close = self.closing.pop(sid)
-            closing = self.streams.pop(sid, None)
-            if closing is None:  # never opened here (a resume that failed)
+            runner = self.streams.pop(sid, None)
+            if runner is None:  # never opened here (a resume that failed)
                 continue
-            report = closing.close(close.reason, close.extra_metadata)
-            self.send(m.StreamClosed(sid, report))
-            closing.release()
+            report = runner.close(close.reason, close.producer, close.extra_metadata)
+            self.send(m.StreamClosed(sid, report.to_json()))
+            runner.release()
+            progress = True
+        return progress
 
     def _close_ready(self, sid: int) -> bool:
         runner = self.streams.get(sid)
         close = self.closing[sid]
-        return runner is None or runner.failed or runner.next >= close.published
+        return runner is None or runner.done or runner.next >= close.published
 
     def _close_all(self, reason: str) -> None:
         for sid, runner in list(self.streams.items()):
             with suppress(Exception):
-                self.send(m.StreamClosed(sid, runner.close(reason)))
+                report = runner.close(reason, None, written_by="writer (shutdown)")
+                self.send(m.StreamClosed(sid, report.to_json()))
                 runner.release()
         self.streams.clear()
+        self._unmap_all()
+
+    def _unmap_all(self) -> None:
+        for block in self.blocks.values():
+            block.close()
+        self.blocks.clear()
 
     def _orphaned(self) -> None:
         """The user's process died: write what the rings hold, then finalise.
 
         The producer is gone, so each ring's write cursor is final; those
-        frames reached us and are written. The report notes the cause, since
-        no parent is left to write it.
+        frames reached us and are written. A stream the producer had asked
+        to close gets its figures; the others are accounted from the ring.
         """
-        for runner in self.streams.values():
+        for sid, runner in self.streams.items():
             runner.announced = None  # the producer is gone: its stores are seen
-            while runner.pending():
+            while not runner.done and runner.published() > runner.next:
                 try:
-                    runner.step()
+                    if not runner.pump():
+                        runner.sink.wait_for_writes(NAP_SECONDS)
                 except Exception as exc:
                     runner.fail(exc)
-            report = runner.close("acquisition process exited")
+            close = self.closing.get(sid)
             with suppress(Exception):
-                atomic_write(
-                    report_path(runner.spec.path),
-                    msgspec.json.format(
-                        msgspec.json.encode(
-                            {
-                                "path": runner.spec.path,
-                                "finish_reason": "acquisition process exited",
-                                "worker": report,
-                            }
-                        )
-                    ),
-                )
+                if close is not None:
+                    runner.close(
+                        close.reason,
+                        close.producer,
+                        close.extra_metadata,
+                        written_by="orphaned writer",
+                    )
+                else:
+                    runner.close(
+                        FinishReason.ACQUISITION_EXITED.value,
+                        None,
+                        written_by="orphaned writer",
+                    )
+            runner.release()
         self.streams.clear()
+        self._unmap_all()
 
 
 def worker_main(inbound: Any, outbound: Any) -> None:
     """Entry point of a spawned writer process."""
-    # Ctrl-C goes to the whole process group; the parent decides how to stop.
+    # Ctrl-C and a closed terminal reach the whole process group; the parent
+    # decides how to stop, and a worker whose parent died finishes alone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     Worker(inbound, outbound).run()

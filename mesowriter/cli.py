@@ -192,23 +192,19 @@ def _failed(args: argparse.Namespace, verb: str, exc: BaseException) -> int:
 
 
 def _check_recover_input(path: str) -> None:
-    """Checks `recover` needs before it touches anything (until it makes them
-    itself): a regular file that is a TIFF, and a journal header that could
-    be real. The IFD chain is not checked here: a crash may leave a broken
-    tail, which recover cuts."""
+    """What `recover` needs checked before it touches anything: a regular
+    file that is a TIFF, and (if there is one) a journal header that could be
+    real. The IFD chain is walked without `strict`: a crash may leave a
+    broken tail, which recover cuts; its valid prefix is what counts."""
     import os
 
     from mesowriter._spec import journal_path
     from mesowriter._untrusted import read_journal_header, read_tiff
 
+    read_tiff(path, strict=False)
     journal = journal_path(path)
-    facts = read_tiff(path, strict=not os.path.exists(journal))
     if os.path.exists(journal):
-        header = read_journal_header(journal)
-        if header.spec.kind == "ome-tiff" and not facts.bigtiff:
-            from mesowriter._untrusted import BadFileError
-
-            raise BadFileError(f"{path}: not a BigTIFF, as mesowriter writes them")
+        read_journal_header(journal)
 
 
 def _recover(args: argparse.Namespace) -> int:

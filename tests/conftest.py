@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,7 +82,72 @@ def service() -> Iterator[object]:
         yield svc
 
 
+# Variables that change which codec or OpenH264 a writer gets: a developer's
+# own settings must not change what the tests see.
+CODEC_ENV = (
+    "MESOWRITER_OPENH264_LIBRARY",
+    "MESOFIELD_OPENH264_LIBRARY",
+    "MESOWRITER_VIDEO_CODECS_DIR",
+    "MESOWRITER_FOURCC",
+    "MESOFIELD_FOURCC",
+)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when slept on (retry tests)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MESOWRITER_OPENH264_LIBRARY", raising=False)
+    for var in CODEC_ENV:
+        monkeypatch.delenv(var, raising=False)
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
+@pytest.fixture
+def loader_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Restores what `configure_opencv_codec` writes into os.environ.
+
+    Returns the loader path variable of this platform.
+    """
+    var = {"win32": "PATH", "darwin": "DYLD_LIBRARY_PATH"}.get(
+        sys.platform, "LD_LIBRARY_PATH"
+    )
+    monkeypatch.setenv(var, os.environ.get(var, ""))
+    monkeypatch.delenv("OPENH264_LIBRARY", raising=False)
+    return var
+
+
+def fake_openh264(folder: Path) -> Path:
+    """An empty file named as this platform's OpenH264 library."""
+    names = {"win32": "openh264-1.8.0-win64.dll", "darwin": "libopenh264.dylib"}
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = folder / names.get(sys.platform, "libopenh264.so.7")
+    lib.write_bytes(b"")
+    return lib
+
+
+def video_fourcc(path: str | os.PathLike[str]) -> str:
+    """The codec tag a decoder reports for `path` (mp4v reads back as FMP4)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    cap.release()
+    return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).upper()

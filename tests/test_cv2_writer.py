@@ -23,6 +23,7 @@ from mesowriter import CustomWriter, WriterService
 from mesowriter.handlers import CV2Writer
 from mesowriter.video import CodecFallbackWarning, ToneMap
 from mesowriter.video._codecs import probe
+from tests.conftest import fake_openh264, video_fourcc
 from tests.conftest import read_video as _read
 
 H, W = 48, 64
@@ -52,6 +53,8 @@ def shared() -> Any:
         ("a.txt", {"fourcc": "mp4v"}, "not a video container"),
         ("a.mp4", {"fourcc": "MJPG"}, "cannot go into a .mp4"),
         ("a.mp4", {"fourcc": "mp4v", "lossless": True}, "lossless"),
+        ("a.mp4", {"lossless": True}, "lossless video needs a .mkv or .avi"),
+        ("a.txt", {}, "not a video container"),
         ("a.mkv", {"fourcc": "FFV1", "lossless": True, "display_range": (0, 9)}, "raw"),
         ("a.avi", {"fourcc": "MJPG", "fps": 0}, "fps"),
     ],
@@ -75,12 +78,13 @@ def test_fallback_warns_once_in_parent_and_report_says_so(
         pytest.skip("this OpenCV build has an H.264 encoder")
     path = tmp_path / "f.mp4"
     with pytest.warns(CodecFallbackWarning, match="'mp4v'") as caught:
-        writer = CV2Writer(path, service=shared)  # default fourcc="H264"
+        writer = CV2Writer(path, fourcc="H264", service=shared)
         writer.begin(W, H, is_color=False)
         for k in range(5):
             writer.add_frame(_smooth(k))
         report = writer.finish()
     assert len(caught) == 1  # at construction; not again at open
+    assert "tried as 'avc1'" in str(caught[0].message)  # H.264's tag in .mp4
     assert writer.codec.used == "mp4v" and writer.codec.fell_back
     sink = report.sink
     assert (sink["codec"], sink["requested_fourcc"]) == ("mp4v", "H264")
@@ -241,14 +245,14 @@ def test_handler_mode_democam(tmp_path: Path, core: Any, pixel_type: str) -> Non
         core.mda.run(seq, output=writer)
         report = writer.reports["p0"]
     assert report.ok and report.frames_written == 5
-    bits = 8 if pixel_type == "8bit" else 12
-    if bits == 12:  # the camera's 12 bits, from the summary metadata
-        assert "0..4095" in report.sink["tone_map"]
-    back = [_gray(f) for f in _read(path)]
+    # FFV1 keeps both as they came: 8-bit passed through, 12-bit in 16 raw
+    # (not mapped through the camera's 12 bits, which the summary gives)
+    assert report.sink["lossless"] and report.sink["tone_map"].startswith("none")
+    back = [_gray(f) for f in _read(path, raw=True)]
     assert len(back) == 5
-    tone = ToneMap(sent[0].dtype, bit_depth=bits)
     for want, got in zip(sent, back, strict=True):
-        np.testing.assert_array_equal(got, tone(want))  # FFV1: exact
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
     data = json.loads(Path(f"{path}_frame_metadata.json").read_bytes())
     assert len(data["p0"]) == 5
     assert data["p0"][0]["camera_metadata"]["Camera"] == "Camera"
@@ -380,3 +384,181 @@ def test_no_warning_for_available_codec(tmp_path: Path, shared: WriterService) -
         writer.begin(W, H, is_color=False)
         writer.add_frame(_smooth(0))
         assert writer.finish().sink["codec"] == "MJPG"
+
+
+# -- default codec, environment, OpenH264 --------------------------------------------
+def _record(writer: CV2Writer, frames: list[np.ndarray]) -> mesowriter.StreamReport:
+    writer.begin(W, H, is_color=False)
+    for frame in frames:
+        writer.add_frame(frame)
+    return writer.finish()
+
+
+@pytest.mark.parametrize(
+    ("ext", "codec", "tag"),
+    [
+        (".mp4", "mp4v", "FMP4"),
+        (".mov", "mp4v", "FMP4"),
+        (".avi", "MJPG", "MJPG"),
+        (".mkv", "FFV1", "FFV1"),
+    ],
+)
+def test_default_is_the_portable_codec_without_warning(
+    tmp_path: Path, shared: WriterService, ext: str, codec: str, tag: str
+) -> None:
+    path = tmp_path / f"d{ext}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as pytest's filterwarnings, made sure
+        writer = CV2Writer(path, service=shared)  # mesofield's default: None
+        report = _record(writer, [_smooth(k) for k in range(3)])
+    assert writer.codec.used == codec and not writer.codec.fell_back
+    assert (report.sink["codec"], report.sink["fell_back"]) == (codec, False)
+    assert video_fourcc(path) == tag
+    assert len(_read(path)) == 3
+
+
+def test_none_and_empty_fourcc_mean_the_default(tmp_path: Path) -> None:
+    for fourcc in (None, ""):
+        assert CV2Writer(tmp_path / "a.avi", fourcc=fourcc).codec.used == "MJPG"
+
+
+def test_env_fourcc_is_the_default_and_an_argument_beats_it(
+    tmp_path: Path, shared: WriterService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shared service's worker started before the variable was set: the
+    # codec must be pinned in this process, not read again by the worker.
+    monkeypatch.setenv("MESOFIELD_FOURCC", "MJPG")
+    path = tmp_path / "env.mkv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = _record(CV2Writer(path, service=shared), [_smooth(0), _smooth(1)])
+    assert report.sink["codec"] == "MJPG" and not report.sink["fell_back"]
+    assert video_fourcc(path) == "MJPG" and len(_read(path)) == 2
+    assert CV2Writer(tmp_path / "arg.mkv", fourcc="FFV1").codec.used == "FFV1"
+    # lossless forces FFV1 whatever the environment says
+    assert CV2Writer(tmp_path / "l.mkv", lossless=True).codec.used == "FFV1"
+
+
+def test_mesowriter_fourcc_wins_over_mesofield_fourcc(
+    tmp_path: Path, shared: WriterService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESOFIELD_FOURCC", "MJPG")
+    monkeypatch.setenv("MESOWRITER_FOURCC", "FFV1")
+    path = tmp_path / "both.avi"
+    report = _record(CV2Writer(path, service=shared), [_smooth(0)])
+    assert report.sink["codec"] == "FFV1" and video_fourcc(path) == "FFV1"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("H265", "unknown fourcc"), ("mp4", "4-character"), ("MJPG", "cannot go into")],
+)
+def test_bad_env_fourcc_warns_once_and_uses_the_portable_codec(
+    tmp_path: Path,
+    shared: WriterService,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    why: str,
+) -> None:
+    monkeypatch.setenv("MESOFIELD_FOURCC", value)
+    path = tmp_path / "bad.mp4"
+    with pytest.warns(CodecFallbackWarning, match="MESOFIELD_FOURCC") as caught:
+        writer = CV2Writer(path, service=shared)
+        report = _record(writer, [_smooth(k) for k in range(3)])
+    assert len(caught) == 1
+    assert why in str(caught[0].message) and "'mp4v'" in str(caught[0].message)
+    sink = report.sink
+    assert (sink["codec"], sink["requested_fourcc"], sink["fell_back"]) == (
+        "mp4v",
+        value,
+        True,
+    )
+    assert "MESOFIELD_FOURCC" in sink["fallback_reason"]
+    assert video_fourcc(path) == "FMP4" and len(_read(path)) == 3
+
+
+def test_env_h264_is_tried_as_avc1_and_falls_back_once(
+    tmp_path: Path, shared: WriterService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if probe("avc1", ".mp4", is_color=False) or probe("avc1", ".mp4", is_color=True):
+        pytest.skip("this OpenCV build has an H.264 encoder")
+    monkeypatch.setenv("MESOWRITER_FOURCC", "H264")
+    path = tmp_path / "h.mp4"
+    with pytest.warns(CodecFallbackWarning) as caught:
+        report = _record(CV2Writer(path, service=shared), [_smooth(0)])
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert "tried as 'avc1'" in text and "MESOWRITER_FOURCC" in text
+    assert (report.sink["codec"], report.sink["requested_fourcc"]) == ("mp4v", "H264")
+    assert report.sink["fell_back"] and video_fourcc(path) == "FMP4"
+
+
+def test_mesofield_openh264_variable_reaches_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader_env: str
+) -> None:
+    lib = fake_openh264(tmp_path / "codecs")
+    monkeypatch.setenv("MESOFIELD_OPENH264_LIBRARY", str(lib))
+    # Workers inherit the environment at spawn: start the service after.
+    with WriterService(ring_bytes=16 << 20, workers=1) as svc:
+        writer = CV2Writer(tmp_path / "o.avi", service=svc)
+        report = _record(writer, [_smooth(0)])
+    assert report.sink["openh264_library"] == str(lib.resolve())
+
+
+# -- 16-bit into FFV1: raw by default -------------------------------------------------
+def _ramp12(k: int) -> np.ndarray:
+    """A 12-bit ramp from 0 to 4095, rolled by a different amount per frame."""
+    ramp = np.arange(H * W, dtype=np.int64) * 4095 // (H * W - 1)
+    return np.roll(ramp, 37 * k).astype(np.uint16).reshape(H, W)
+
+
+def _assert_raw(path: Path, sent: list[np.ndarray]) -> None:
+    back = _read(path, raw=True)
+    assert len(back) == len(sent)
+    for want, got in zip(sent, back, strict=True):
+        assert got.dtype == np.uint16 and got.max() == 4095  # mapped: about 16
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("name", "fourcc"), [("r.mkv", None), ("r.avi", "FFV1"), ("h.mkv", "H264")]
+)
+def test_16bit_into_ffv1_is_raw_in_direct_mode(
+    tmp_path: Path, shared: WriterService, name: str, fourcc: str | None
+) -> None:
+    """No flag needed; an H.264 request that fell back to FFV1 included."""
+    path = tmp_path / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CodecFallbackWarning)  # H264 only
+        writer = CV2Writer(path, fourcc=fourcc, service=shared)
+    if writer.codec.used != "FFV1":
+        pytest.skip("this OpenCV build has an H.264 encoder")
+    sent = [_ramp12(k) for k in range(4)]
+    report = _record(writer, sent)
+    assert report.sink["tone_map"] == "none (16-bit lossless)"
+    assert report.sink["lossless"]
+    _assert_raw(path, sent)
+
+
+def test_16bit_into_ffv1_is_raw_in_handler_mode(
+    tmp_path: Path, shared: WriterService
+) -> None:
+    """mesofield's mock producer; a 12-bit camera in the summary changes nothing."""
+    path = tmp_path / "h.mkv"
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 3})
+    summary = {
+        "image_infos": [
+            {"pixel_format": "Mono12", "plane_shape": [H, W], "dtype": "uint16"}
+        ]
+    }
+    writer = CV2Writer(path, service=shared)
+    sent = [_ramp12(k) for k in range(3)]
+    writer.sequenceStarted(seq, summary)
+    for event, frame in zip(seq, sent, strict=True):
+        writer.frameReady(frame, event, {"k": int(event.index["t"])})
+    writer.sequenceFinished(seq)
+    report = writer.reports["p0"]
+    assert report.ok and report.sink["tone_map"] == "none (16-bit lossless)"
+    _assert_raw(path, sent)
+    data = json.loads(Path(f"{path}_frame_metadata.json").read_bytes())
+    assert [r["k"] for r in data["p0"]] == [0, 1, 2]

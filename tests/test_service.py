@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -341,9 +342,12 @@ def test_metadata_that_cannot_be_encoded_keeps_the_pixels(
     stream.write(index_frame(2, (8, 8)), {"np": np.arange(3), "p": Path("/a b/ü")})
     report = stream.close()
     assert report.frames_written == 3
-    assert report.metadata_fallbacks == 2 and report.metadata_truncated == [1]
+    # the object becomes a marker; NaN is kept as a NaN token (_metadata's doc)
+    assert report.metadata_fallbacks == 1 and report.metadata_truncated == [1]
+    assert report.metadata_nonfinite == 1 and report.metadata_frames_replaced == 0
     side = json.loads(Path(f"{path}_frame_metadata.json").read_text())["p0"]
-    assert side[0]["3"] == "int key" and side[0]["obj"].startswith("<object")
+    assert side[0]["3"] == "int key" and math.isnan(side[0]["nan"])
+    assert side[0]["obj"]["mesowriter_unencodable"] == "object"
     assert "mesowriter_error" in side[1]
     assert side[2] == {"np": [0, 1, 2], "p": "/a b/ü"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ from mesowriter.video import (
     resolve_codec,
 )
 from mesowriter.video._codecs import probe
+from mesowriter.video._openh264 import find_openh264
+from tests.conftest import fake_openh264, video_fourcc
 from tests.conftest import read_video as _read
 
 H, W = 64, 96
@@ -249,26 +250,69 @@ def test_bad_frame_raises_not_skipped(tmp_path: Path) -> None:
 
 
 def test_configure_is_idempotent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader_env: str
 ) -> None:
-    names = {"win32": "openh264-1.8.0-win64.dll", "darwin": "libopenh264.dylib"}
-    lib = tmp_path / names.get(sys.platform, "libopenh264.so.7")
-    lib.write_bytes(b"")
-    var = {"win32": "PATH", "darwin": "DYLD_LIBRARY_PATH"}.get(
-        sys.platform, "LD_LIBRARY_PATH"
-    )
-    monkeypatch.setenv(var, "/somewhere")
-    monkeypatch.delenv("OPENH264_LIBRARY", raising=False)
+    lib = fake_openh264(tmp_path)
+    monkeypatch.setenv(loader_env, "/somewhere")
     monkeypatch.setenv("MESOWRITER_OPENH264_LIBRARY", str(tmp_path))
     first = configure_opencv_codec()
     env_after_first = dict(os.environ)
     assert configure_opencv_codec() == first == str(lib.resolve())
     assert dict(os.environ) == env_after_first
-    assert os.environ[var].split(os.pathsep).count(str(tmp_path.resolve())) == 1
+    assert os.environ[loader_env].split(os.pathsep).count(str(tmp_path.resolve())) == 1
     assert os.environ["OPENH264_LIBRARY"] == first
     monkeypatch.setenv("MESOWRITER_OPENH264_LIBRARY", str(tmp_path / "missing"))
     with pytest.warns(RuntimeWarning, match="names no OpenH264"):
         assert configure_opencv_codec() is None
+
+
+def test_openh264_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ours = fake_openh264(tmp_path / "ours").resolve()
+    legacy = fake_openh264(tmp_path / "legacy").resolve()
+    folder = fake_openh264(tmp_path / "folder").resolve()
+    monkeypatch.setenv("MESOWRITER_VIDEO_CODECS_DIR", str(folder.parent))
+    assert find_openh264() == folder
+    monkeypatch.setenv("MESOFIELD_OPENH264_LIBRARY", str(legacy))  # a file
+    assert find_openh264() == legacy
+    monkeypatch.setenv("MESOFIELD_OPENH264_LIBRARY", str(legacy.parent))  # a folder
+    assert find_openh264() == legacy
+    monkeypatch.setenv("MESOWRITER_OPENH264_LIBRARY", str(ours))
+    assert find_openh264() == ours
+    # a stale path is named and skipped, not allowed to hide the next one
+    monkeypatch.setenv("MESOWRITER_OPENH264_LIBRARY", str(tmp_path / "gone"))
+    with pytest.warns(RuntimeWarning, match="MESOWRITER_OPENH264_LIBRARY"):
+        assert find_openh264() == legacy
+
+
+def test_h264_that_falls_back_to_ffv1_keeps_16bit(tmp_path: Path) -> None:
+    if probe("H264", ".mkv", is_color=False) or probe("H264", ".mkv", is_color=True):
+        pytest.skip("this OpenCV build has an H.264 encoder")
+    frames = [np.full((H, W), 4095 - k, np.uint16) for k in range(3)]
+    frames[0][0, :] = np.arange(W)
+    with pytest.warns(CodecFallbackWarning, match="'FFV1'"):
+        report = _write(tmp_path / "h.mkv", frames, fourcc="H264")
+    assert report["codec"] == "FFV1" and report["lossless"]
+    for sent, got in zip(frames, _read(tmp_path / "h.mkv", raw=True), strict=True):
+        np.testing.assert_array_equal(got, sent)
+
+
+def test_service_stream_with_empty_fourcc_takes_the_default(
+    tmp_path: Path, service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = np.arange(H * W, dtype=np.uint16).reshape(H, W)
+    raw = service.open_stream(
+        tmp_path / "d.mkv", shape=(H, W), dtype="uint16", video=VideoOptions(fourcc="")
+    )
+    raw.write(frame)
+    assert raw.close().sink["codec"] == "FFV1"
+    np.testing.assert_array_equal(_read(tmp_path / "d.mkv", raw=True)[0], frame)
+    monkeypatch.setenv("MESOFIELD_FOURCC", "mp4v")
+    env = service.open_stream(
+        tmp_path / "e.avi", shape=(H, W), dtype="uint8", video=VideoOptions(fourcc="")
+    )
+    env.write(_smooth(1)[0])
+    assert env.close().sink["codec"] == "mp4v"
+    assert video_fourcc(tmp_path / "e.avi") == "FMP4"
 
 
 class _RefusingWriter:

@@ -14,11 +14,14 @@ ring; a writer process tone-maps and encodes it, and every video stream gets
 a writer process of its own while there are cores for them. Both modes write
 the legacy sidecar `<filename>_frame_metadata.json`.
 
-The codec is settled at construction, before any camera starts: an unknown
-fourcc or a container no codec can write raises ValueError, and a codec this
-OpenCV build lacks (H.264 in the Linux wheels) falls back to the container's
-portable one with one `CodecFallbackWarning`, here, in the user's process.
-The stream report's `sink` records the codec actually used.
+The codec is settled at construction, before any camera starts. No fourcc
+(mesofield's default) means `MESOWRITER_FOURCC`, else `MESOFIELD_FOURCC`,
+else the container's portable codec, which opens in every build and so never
+warns. An unknown fourcc or a container no codec can write raises ValueError;
+a codec this OpenCV build lacks (H.264 in the Linux wheels), or an
+environment value that does not fit, falls back to the portable codec with
+one `CodecFallbackWarning`, here, in the user's process. The stream report's
+`sink` records the codec actually used.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from mesowriter._service import WriterService
 from mesowriter._spec import VideoOptions
 from mesowriter._stream import Stream
 from mesowriter.handlers._custom_writer import CustomWriter
-from mesowriter.video import check_video_request, resolve_codec
+from mesowriter.sinks._video import stores_raw_16bit
+from mesowriter.video import check_video_request, choose_codec
 
 DEFAULT_VIDEO_RING_BYTES = 256 * 1024 * 1024
 _DIRECT_KEY = "p0"
@@ -59,7 +63,11 @@ class CV2Writer(CustomWriter):
     fps
         Frame rate written into the container.
     fourcc
-        Requested codec, e.g. "H264", "mp4v", "MJPG", "FFV1".
+        Requested codec, e.g. "H264" (tried as "avc1" in .mp4/.mov), "mp4v",
+        "MJPG", "FFV1". None (or "") means the `MESOWRITER_FOURCC`, else
+        `MESOFIELD_FOURCC`, environment variable, else the container's
+        portable codec: "mp4v" (.mp4/.mov), "MJPG" (.avi), "FFV1" (.mkv,
+        lossless, the one codec that keeps 16-bit frames).
     service
         A WriterService to share with other writers; by default the writer
         starts and owns one (stopped by `close()`).
@@ -67,13 +75,16 @@ class CV2Writer(CustomWriter):
         The one fixed 16-to-8-bit mapping for the whole file: `(low, high)`
         -> 0..255, else 0 .. 2**bit_depth - 1 -> 0..255. Without either, the
         camera's bit depth is used (from the summary metadata, or the core
-        given to `attach`), else the dtype's full range.
+        given to `attach`), else the dtype's full range. With FFV1, uint16
+        gray frames are stored as they are (bit-exact 16-bit) unless one of
+        these, or `per_frame_normalize`, asks for 8-bit.
     per_frame_normalize
         The legacy per-frame min/max stretch (brightness not comparable
         between frames); off by default.
     lossless
-        FFV1 (fourcc="FFV1", .mkv/.avi): uint16 gray frames are stored
-        bit-exact, uint8 frames unchanged.
+        Forces FFV1 (.mkv/.avi) and raw values: uint16 gray frames are
+        stored bit-exact, uint8 frames unchanged; the mapping options are
+        refused.
     ring_bytes, policy
         Shared memory for the rings (split between positions) and what a
         full ring does ("block" or "drop").
@@ -85,7 +96,7 @@ class CV2Writer(CustomWriter):
         self,
         filename: str | os.PathLike[str],
         fps: float = 30,
-        fourcc: str = "H264",
+        fourcc: str | None = None,
         *,
         service: WriterService | None = None,
         overwrite: bool = False,
@@ -98,7 +109,7 @@ class CV2Writer(CustomWriter):
         workers: int = 1,
     ) -> None:
         name = os.fspath(filename)
-        check_video_request(name, fourcc, lossless)
+        check_video_request(name, fourcc or None, lossless)
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if lossless and (display_range is not None or per_frame_normalize):
@@ -112,7 +123,7 @@ class CV2Writer(CustomWriter):
             raise ValueError(f"bit_depth must be 1..32, got {bit_depth}")
         # Probe now (cheap, cached), so a fallback is announced before any
         # worker or camera starts; the worker is handed the codec chosen.
-        self.codec = resolve_codec(name, fourcc, is_color=False)
+        self.codec = choose_codec(name, fourcc or None, lossless=lossless)
         self._video = VideoOptions(
             fps=float(fps),
             fourcc=self.codec.used,
@@ -120,7 +131,7 @@ class CV2Writer(CustomWriter):
             bit_depth=bit_depth,
             per_frame_normalize=per_frame_normalize,
             lossless=lossless,
-            requested_fourcc=fourcc,
+            requested_fourcc=self.codec.requested,
             fallback_reason=self.codec.reason,
         )
         super().__init__(
@@ -299,7 +310,14 @@ class CV2Writer(CustomWriter):
     ) -> Stream:
         video = self._video
         bit_depth = video.bit_depth
-        if bit_depth is None and video.display_range is None and dtype.itemsize > 1:
+        channels = shape[2] if len(shape) == 3 else 1
+        if (
+            bit_depth is None
+            and video.display_range is None
+            and dtype.itemsize > 1
+            # the camera's depth would turn raw 16-bit FFV1 into an 8-bit map
+            and not stores_raw_16bit(video, dtype, channels)
+        ):
             camera = self._camera_bit_depth()
             if camera is not None and 1 <= camera <= 8 * dtype.itemsize:
                 bit_depth = camera

@@ -1,15 +1,24 @@
-"""The sink interface: how a worker process turns a stream's frames into a file.
+"""The sink interface: a format, and how a worker turns frames into it.
 
-A sink lives entirely inside a writer worker. The worker hands it batches of
-consecutive frames that are still sitting in the shared-memory ring (no copy
-has been made), in order, and calls `close` exactly once at the end.
+A sink class is the one authority on its format: the suffixes it writes,
+whether its output is a file or a folder, what it checks before a camera
+starts, how much disk its first frames need, how to abort, and what
+`inspect` and `recover` do with its files. Handlers and path code ask the
+registry (`mesowriter.sinks`), never a sink module.
+
+A sink object lives inside a writer worker. The worker hands it batches of
+consecutive frames still sitting in the shared-memory ring (no copy has been
+made), in order; writes may stay in flight after `submit` returns. A frame
+is *committed* once it is durable and visible in the file; the worker then
+journals it and frees its ring slot. `close` comes once, after `drain`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +31,7 @@ class SlotFrame:
     """One frame as it sits in its ring slot."""
 
     index: int  # the stream's frame index (order of receipt, 0-based)
-    pixels: np.ndarray  # read-only view into the ring, shape/dtype of the spec
+    pixels: np.ndarray  # view into the ring, shape/dtype of the spec
     metadata: bytes  # the frame's metadata, JSON, as encoded by the producer
 
 
@@ -30,70 +39,167 @@ class SlotFrame:
 class FrameBatch:
     """Consecutive frames whose slots are also consecutive in shared memory.
 
-    `span` covers, for every frame, the sink's `slot_prefix` bytes followed by
-    the pixels padded to a multiple of 4096 bytes: one page-aligned buffer a
-    sink can hand to a single direct-I/O write. `prefixes[i]` is the writable
-    prefix of frame i inside that span.
+    `span` covers the frames' slots end to end; when `slot_stride` equals
+    the frame size it is exactly the frames' pixels, back to back: one
+    buffer a sink can hand to a single write.
     """
 
     frames: list[SlotFrame]
     span: memoryview
-    prefixes: list[memoryview]
-    slot_stride: int  # bytes from one frame's prefix to the next one's
+    slot_stride: int  # bytes from one frame's slot to the next one's
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What a replacement worker knows of a stream it takes over."""
+
+    committed: int  # frames committed (durable), acquisition order
+    positions: list[int] = field(default_factory=list)  # their file positions
+
+
+class SinkFinalised(RuntimeError):
+    """A replacement worker found the file already finalised (or finalising)."""
+
+    def __init__(self, message: str, frames: int) -> None:
+        super().__init__(message)
+        self.frames = frames
+
+
+class BatchFailed(OSError):
+    """A write failed. `committed` holds the positions committed before it;
+    the failed batch had `failed` frames; `discarded` frames in all (it and
+    the ones after it) were dropped from flight, to be submitted again."""
+
+    def __init__(
+        self, committed: list[int], failed: int, discarded: int, cause: OSError
+    ) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.committed = committed
+        self.failed = failed
+        self.discarded = discarded
+        self.cause = cause
 
 
 class Sink(abc.ABC):
-    """One output file fed by a worker process."""
+    """One output fed by a worker process."""
 
     kind: ClassVar[str]
-    # Bytes a sink may fill in front of each frame's pixels in its ring slot
-    # (the TIFF sink puts each frame's IFD there). Must be a multiple of 4096.
-    slot_prefix: ClassVar[int] = 0
-    # True if a write() that raises leaves the file as it was, so that the
-    # batch can be tried again frame by frame (a full disk keeps every frame
-    # that still fits).
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    output_is_folder: ClassVar[bool] = False
+    # True if a failed write leaves the file as it was, so that the batch can
+    # be tried again frame by frame (a full disk keeps every frame that fits).
     retry_by_frame: ClassVar[bool] = False
 
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
 
+    # -- the format, asked in the user's process ------------------------------------
+    @classmethod
+    def matches(cls, path: str) -> bool:
+        lower = path.lower()
+        return any(lower.endswith(s) for s in cls.suffixes)
+
     @classmethod  # noqa: B027 - an optional hook, not an abstract one
     def check(cls, spec: StreamSpec) -> None:
-        """Raise ValueError with a clear message if `spec` cannot be written.
-
-        Runs in the user's process before any worker or camera starts.
-        """
+        """Raise ValueError with a clear message if `spec` cannot be written."""
 
     @classmethod
     def prepare(cls, spec: StreamSpec) -> StreamSpec:
-        """Settle choices the worker must not make alone; runs after `check`.
-
-        Runs in the user's process, so warnings reach the user; returns the
-        spec the worker gets (the video sink pins the codec it resolved).
-        """
+        """Settle choices the worker must not make alone (runs after `check`,
+        in the user's process, so warnings reach the user)."""
         return spec
 
+    @classmethod
+    def space_needed(cls, spec: StreamSpec) -> int:
+        """Bytes of disk the stream needs before its first frame lands."""
+        return 0
+
+    @classmethod
+    def inspect(cls, path: str) -> dict[str, Any]:
+        raise ValueError(f"{path}: {cls.kind} files cannot be inspected")
+
+    @classmethod
+    def recover(cls, path: str, **options: Any) -> Any:
+        raise ValueError(f"{path}: {cls.kind} files cannot be recovered")
+
+    # -- writing, in the worker ----------------------------------------------------------
     @abc.abstractmethod
-    def open(self, resume_from: int = 0) -> None:
-        """Create the file (or reopen it holding `resume_from` frames)."""
+    def open(self, resume: ResumeState | None = None) -> None:
+        """Create the output, or reopen it holding `resume.committed` frames."""
+
+    def ready(self) -> bool:
+        """May another batch be submitted now?"""
+        return True
 
     @abc.abstractmethod
-    def write(self, batch: FrameBatch) -> int:
-        """Write the batch in order; return the bytes written to disk."""
+    def submit(self, batch: FrameBatch) -> list[int]:
+        """Start writing `batch`; return positions committed meanwhile."""
 
-    def flush(self, force: bool = False) -> None:  # noqa: B027 - optional hook
-        """Make everything written so far readable by other programs.
+    @abc.abstractmethod
+    def collect(self, *, force: bool = False) -> list[int]:
+        """Positions of the frames newly committed (acquisition order)."""
 
-        Called after batches (a sink may rate-limit itself unless `force`)
-        and with `force=True` whenever the worker has caught up.
-        """
+    def drain(self) -> list[int]:
+        """Wait for every write and commit it."""
+        return self.collect(force=True)
+
+    def in_flight(self) -> bool:
+        return False
+
+    def wait_for_writes(self, timeout: float | None) -> None:  # noqa: B027
+        """Block until a write in flight finishes (or `timeout`)."""
+
+    def next_commit_in(self) -> float | None:
+        """Seconds until finished writes are due a commit; None if none."""
+        return None
+
+    def on_io(self, callback: Callable[[Any], None]) -> None:  # noqa: B027
+        """Have `callback` called whenever a write finishes."""
+
+    def settle(self) -> None:  # noqa: B027 - optional hook
+        """The worker caught up: make everything readable by other programs."""
 
     @abc.abstractmethod
     def close(
         self, reason: str, records: Iterator[tuple[int, bytes]] | None = None
     ) -> dict[str, Any]:
-        """Finalise the file; return the sink's part of the stream report.
+        """Finalise; return the sink's part of the stream report.
 
         `records` iterates over (frame index, metadata JSON) of every frame
-        written, in order, for sinks that embed metadata in the file.
+        committed, in acquisition order, for sinks that embed metadata.
         """
+
+    def abort(self) -> None:  # noqa: B027 - optional hook
+        """Give up the output without finalising (close descriptors)."""
+
+
+class SynchronousSink(Sink):
+    """A sink whose `submit` does all the work before returning (encoders)."""
+
+    def __init__(self, spec: StreamSpec) -> None:
+        super().__init__(spec)
+        self._done: list[int] = []
+        self._count = 0
+        self._since = 0.0
+
+    def submit(self, batch: FrameBatch) -> list[int]:
+        self.write(batch)
+        n = len(batch.frames)
+        self._done.extend(range(self._count, self._count + n))
+        self._count += n
+        return []
+
+    @abc.abstractmethod
+    def write(self, batch: FrameBatch) -> None:
+        """Write the batch now, in order."""
+
+    def collect(self, *, force: bool = False) -> list[int]:
+        out, self._done = self._done, []
+        self._since = time.monotonic()
+        return out
+
+    def in_flight(self) -> bool:
+        return bool(self._done)
+
+    def next_commit_in(self) -> float | None:
+        return 0.0 if self._done else None

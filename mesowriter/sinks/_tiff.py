@@ -1,52 +1,84 @@
-"""BigTIFF OME-TIFF written with direct I/O straight from the ring.
+"""TIFF sink: BigTIFF OME-TIFF or ImageJ hyperstack, pixels contiguous, direct I/O.
 
-File layout (every region starts on a 4096-byte boundary)::
+Where things are in the file, and why, is `sinks/_tiff_format.py`. This module
+is the writer: it runs in a writer process and turns batches of ring slots
+into pixels, IFDs and descriptions, in an order that survives a power cut.
 
-    0      BigTIFF header -> first IFD (0 until frame 0 is on disk)
-    4096   provisional OME-XML, fixed 4096 bytes, rewritten on flush
-    8192   frame 0: [IFD page 4096 B][pixels, padded to 4096]
-    ...    frame k at 8192 + k * stride
-    end    final OME-XML (written at close; IFD 0 then points to it)
+Pixels. A batch of consecutive frames is one write at one offset. When a
+frame's size is a multiple of 4096 bytes the ring's slots are consecutive
+bytes, so the write goes straight from shared memory to the disk (direct
+I/O). Other sizes are staged by this process into an aligned buffer that
+carries the partial last page forward to the next batch (one such batch in
+flight at a time, since two batches share that page). Several batches are in
+flight at once (`write_depth`), each on a thread around `pwrite`, which
+releases the GIL.
 
-Each frame's IFD is built in its ring slot's prefix page, right in front of
-its pixels, so one direct write puts IFD and pixels on disk together with no
-copy. Only then is the previous IFD linked to it: a reader (or a crash) sees
-a chain that ends at the last complete frame, never a dangling one. The
-provisional OME-XML declares only frames already linked, and the final
-OME-XML declares exactly the frames written.
+The durable order of one commit (a group of completed batches)::
+
+    submit:  pixels (direct)  +  the batch's IFDs, unlinked (next = 0)
+    commit:  1. sync                 pixels and IFDs of the group durable
+             2. link the IFDs        chain extends over the group
+             3. header block         committed = n (checksummed sector)
+             4. description          declares what the previous sync linked
+             (the journal lines follow, then their own sync: see the worker)
+
+So at any instant of a cut the chain, the block, the description and the
+journal each describe only frames whose pixels reached the disk, and
+`recover` finds every frame the block or the journal vouches for. A commit
+is due every `COMMIT_BYTES` or `COMMIT_SECONDS`, whichever comes first, and
+at close: a power cut loses at most what the ring held plus that much.
+
+ImageJ (`.tif` names): planes go in TZC order whatever the acquisition
+order, so a t/c/z acquisition is reordered in the file (each frame at the
+position its event index gives); the IFD chain and the description cover the
+longest run of written positions from 0.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import struct
+import socket
 import time
-from collections.abc import Iterator
-from contextlib import suppress
+from collections import deque
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
 import numpy as np
 
-from mesowriter._ring import PAGE, page_aligned_buffer, round_up
+from mesowriter._layout import ImagejPlan, event_index, imagej_plan
 from mesowriter._spec import StreamSpec
-from mesowriter.sinks._base import FrameBatch, Sink
-from mesowriter.sinks._directio import AlignedFile
+from mesowriter.sinks._base import BatchFailed, FrameBatch, ResumeState, Sink, SinkFinalised
+from mesowriter._platform import AlignedFile, Mode, fsync_dir
+from mesowriter.sinks._tiff_format import (
+    CLASSIC_LIMIT,
+    DESCRIPTION_CAPACITY,
+    DESCRIPTION_OFFSET,
+    PAGE,
+    SOFTWARE,
+    SOFTWARE_OFFSET,
+    UNKNOWN_FRONT_CAPACITY,
+    WRITABLE_DTYPES,
+    Geometry,
+    HeaderBlock,
+    IfdCodec,
+    header_bytes,
+    newest_block,
+    round_up,
+)
 
-TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.btf", ".btf")
-XML_OFFSET = PAGE
-XML_CAPACITY = PAGE
-DATA_START = 2 * PAGE
-IFD_PAGE = PAGE
-SOFTWARE = b"mesowriter\x00"
-_SOFTWARE_AT = 2048  # inside each IFD page
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.btf", ".tiff", ".tif", ".btf")
+OME_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.btf")
+CLASSIC_SUFFIXES = (".tif", ".tiff")
+COMMIT_BYTES = 64 * 1024 * 1024
+COMMIT_SECONDS = 0.1
 GROW_BYTES = 256 * 1024 * 1024
-FLUSH_INTERVAL = 1.0  # seconds between provisional OME-XML updates
-
-_SHORT, _LONG, _ASCII, _LONG8 = 3, 4, 2, 16
-_SAMPLE_FORMAT = {"u": 1, "i": 2, "f": 3}
-WRITABLE_DTYPES = ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "f4", "f8")
+DEFAULT_WRITE_DEPTH = 4
+PROVISIONAL = (DESCRIPTION_CAPACITY, DESCRIPTION_OFFSET)
 
 
 def tiff_suffix(path: str) -> str | None:
@@ -54,262 +86,764 @@ def tiff_suffix(path: str) -> str | None:
     return next((s for s in TIFF_SUFFIXES if lower.endswith(s)), None)
 
 
-class TiffLayout:
-    """Where frame k's IFD and pixels live, and how its IFD reads."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.height, self.width = int(shape[0]), int(shape[1])
-        self.samples = int(shape[2]) if len(shape) == 3 else 1
-        self.dtype = dtype
-        self.frame_nbytes = int(np.prod(shape)) * dtype.itemsize
-        self.stride = IFD_PAGE + round_up(self.frame_nbytes)
-
-    def ifd_offset(self, k: int) -> int:
-        return DATA_START + k * self.stride
-
-    def pixel_offset(self, k: int) -> int:
-        return self.ifd_offset(k) + IFD_PAGE
-
-    def ifd(self, k: int, next_ifd: int, description: tuple[int, int] | None) -> bytes:
-        """The IFD of frame k (BigTIFF, tags ascending), starting its page."""
-        base = self.ifd_offset(k)
-        spp = self.samples
-        bits = self.dtype.itemsize * 8
-        entries: list[tuple[int, int, int, bytes]] = [
-            (254, _LONG, 1, struct.pack("<I", 0)),
-            (256, _LONG, 1, struct.pack("<I", self.width)),
-            (257, _LONG, 1, struct.pack("<I", self.height)),
-            (258, _SHORT, spp, struct.pack(f"<{spp}H", *([bits] * spp))),
-            (259, _SHORT, 1, struct.pack("<H", 1)),
-            (262, _SHORT, 1, struct.pack("<H", 2 if spp == 3 else 1)),
-        ]
-        if description is not None:
-            count, offset = description
-            entries.append((270, _ASCII, count, struct.pack("<Q", offset)))
-        fmt = _SAMPLE_FORMAT[self.dtype.kind]
-        entries += [
-            (273, _LONG8, 1, struct.pack("<Q", self.pixel_offset(k))),
-            (277, _SHORT, 1, struct.pack("<H", spp)),
-            (278, _LONG, 1, struct.pack("<I", self.height)),
-            (279, _LONG8, 1, struct.pack("<Q", self.frame_nbytes)),
-            (284, _SHORT, 1, struct.pack("<H", 1)),
-            (305, _ASCII, len(SOFTWARE), struct.pack("<Q", base + _SOFTWARE_AT)),
-            (339, _SHORT, spp, struct.pack(f"<{spp}H", *([fmt] * spp))),
-        ]
-        out = bytearray(struct.pack("<Q", len(entries)))
-        for tag, typ, count, value in entries:
-            out += struct.pack("<HHQ", tag, typ, count) + value.ljust(8, b"\x00")
-        out += struct.pack("<Q", next_ifd)
-        return bytes(out)
-
-    def ifd_page(
-        self, k: int, next_ifd: int, description: tuple[int, int] | None
-    ) -> bytes:
-        page = bytearray(IFD_PAGE)
-        ifd = self.ifd(k, next_ifd, description)
-        page[: len(ifd)] = ifd
-        page[_SOFTWARE_AT : _SOFTWARE_AT + len(SOFTWARE)] = SOFTWARE
-        return bytes(page)
+def tiff_format(path: str) -> str:
+    """"ome" for `.ome.tif(f)` names, "imagej" for other TIFF names."""
+    return "ome" if path.lower().endswith(OME_SUFFIXES) else "imagej"
 
 
-PROVISIONAL_DESCRIPTION = (XML_CAPACITY, XML_OFFSET)
+@dataclass
+class _Pending:
+    """One submitted batch: its frames' file positions and its writes."""
+
+    positions: list[int]
+    futures: list[Future[None]]
+    nbytes: int
+    done_at: float = 0.0
 
 
-def header_pages(first_ifd: int, provisional_xml: str) -> bytes:
-    """BigTIFF header page + the fixed-size provisional OME-XML page."""
-    head = bytearray(2 * PAGE)
-    head[:16] = b"II" + struct.pack("<HHHQ", 43, 8, 0, first_ifd)
-    xml = provisional_xml.encode("utf-8")
-    if len(xml) >= XML_CAPACITY:
-        raise ValueError("provisional OME-XML does not fit its page")
-    # Spaces after the root element are still well-formed XML; the count in
-    # IFD 0 stays fixed, so updating the XML is one aligned page write.
-    head[XML_OFFSET : XML_OFFSET + XML_CAPACITY - 1] = xml.ljust(XML_CAPACITY - 1)
-    return bytes(head)
+@dataclass
+class _State:
+    """What the file holds, as far as commits went."""
+
+    committed: int = 0  # frames durable, acquisition order
+    prefix: int = 0  # positions [0, prefix) durable and linked
+    declared: int = 0  # frames the provisional description declares
+    top: int = 0  # one past the highest position submitted
+    written: bytearray = field(default_factory=bytearray)  # reordered files
 
 
-class OmeTiffSink(Sink):
-    """Writes one position's frames to a BigTIFF OME-TIFF."""
+class TiffSink(Sink):
+    """Writes one position's frames to a TIFF (OME or ImageJ)."""
 
     kind: ClassVar[str] = "ome-tiff"
-    slot_prefix: ClassVar[int] = IFD_PAGE
-    retry_by_frame = True  # a frame counts once its IFD is linked
+    suffixes: ClassVar[tuple[str, ...]] = TIFF_SUFFIXES
+    retry_by_frame: ClassVar[bool] = True
 
     def __init__(self, spec: StreamSpec) -> None:
         super().__init__(spec)
-        self.layout = TiffLayout(spec.shape, np.dtype(spec.dtype))
-        self._file: AlignedFile | None = None
-        self._frames = 0
-        self._declared = -1
-        self._allocated = 0
-        self._last_flush = 0.0
-        self._head = page_aligned_buffer(2 * PAGE)
-        self._last_ifd = page_aligned_buffer(IFD_PAGE)
+        self.format = tiff_format(spec.path)
+        self.plan: ImagejPlan | None = None
+        if self.format == "imagej":
+            self.plan = imagej_plan(spec.sequence, spec.position_index or 0)
+        self.reordered = self.plan is not None and self.plan.reordered
+        self.depth = max(1, spec.write_depth)
+        self.file: AlignedFile | None = None
+        self.geo = Geometry(tuple(spec.shape), spec.dtype, 0)
+        self.codec = IfdCodec(tuple(spec.shape), spec.dtype, bigtiff=True)
+        self.tail = 0
+        self.state = _State()
+        self.generation = 0
+        self._pending: deque[_Pending] = deque()
+        self._completed: list[_Pending] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._carry = b""  # the partial last page of staged pixels
+        self._stage: Any = None
+        self._overflow = 0  # ImageJ positions handed out past the hyperstack
+        self._assigned = 0  # frames given a position (submitted)
+        self._inflight: set[int] = set()  # positions submitted, not committed
+        self._reserved = 0  # bytes reserved on disk from offset 0
+        self._desc0: tuple[int, int] | None = PROVISIONAL
+        self._on_io: Any = None
         self._image_name = Path(spec.path).name
+        self._owner = f"{os.getpid()}@{socket.gethostname()}"[:96]
 
+    # -- the format, for the user's process -------------------------------------
     @classmethod
     def check(cls, spec: StreamSpec) -> None:
         if tiff_suffix(spec.path) is None:
-            raise ValueError(
-                f"{spec.path!r}: an OME-TIFF path must end in one of {TIFF_SUFFIXES}"
-            )
+            raise ValueError(f"{spec.path!r}: a TIFF path must end in one of {TIFF_SUFFIXES}")
         dtype = np.dtype(spec.dtype)
         if dtype.str[1:] not in WRITABLE_DTYPES:
-            raise ValueError(f"OME-TIFF cannot hold pixels of dtype {dtype}")
+            raise ValueError(f"TIFF cannot hold pixels of dtype {dtype}")
         shape = spec.shape
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
             raise ValueError(
-                f"OME-TIFF frames must be (height, width) or (height, width, 3); "
-                f"got {shape}"
+                f"TIFF frames must be (height, width) or (height, width, 3); got {shape}"
             )
+        if any(int(s) <= 0 for s in shape):
+            raise ValueError(f"frame shape {shape} holds no pixels")
         if len(shape) == 3 and dtype.str[1:] not in ("u1", "u2"):
             raise ValueError("RGB frames must be uint8 or uint16")
 
-    # -- lifecycle ----------------------------------------------------------
-    def open(self, resume_from: int = 0) -> None:
+    @classmethod
+    def recover(cls, path: str, **options: Any) -> Any:
+        from mesowriter.sinks._tiff_recover import recover_tiff
+
+        return recover_tiff(path, **options)
+
+    @classmethod
+    def inspect(cls, path: str) -> dict[str, Any]:
+        from mesowriter._inspect import inspect_tiff
+
+        return inspect_tiff(path)
+
+    @classmethod
+    def space_needed(cls, spec: StreamSpec) -> int:
+        """Bytes on disk before the first frame can be written."""
+        geo = Geometry(tuple(spec.shape), spec.dtype, _front_capacity(spec))
+        if spec.frames is not None:
+            return geo.data_end(spec.frames) + PAGE
+        return geo.data_offset + min(COMMIT_BYTES, max(geo.frame_nbytes, PAGE))
+
+    # -- lifecycle ------------------------------------------------------------------
+    def open(self, resume: ResumeState | None = None) -> None:
         spec = self.spec
-        if resume_from:
-            self._file = AlignedFile(spec.path, mode="resume", direct=spec.direct_io)
-            self._frames = resume_from
-            self._allocated = self._file.size()
-            # Cut the chain after the last frame the journal vouches for; a
-            # frame written but not journalled is written again, in place.
-            k = resume_from - 1
-            desc = PROVISIONAL_DESCRIPTION if k == 0 else None
-            self._last_ifd[:] = self.layout.ifd_page(k, 0, desc)
-            self._file.pwrite(self._last_ifd, self.layout.ifd_offset(k))
-            self.flush(force=True)
+        self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="mesowriter-io")
+        if resume is not None:
+            self._resume(resume)
             return
-        mode = "overwrite" if spec.overwrite else "create"
-        self._file = AlignedFile(spec.path, mode=mode, direct=spec.direct_io)
-        if spec.frames:
-            self._reserve(self.layout.ifd_offset(spec.frames))
+        mode: Mode = "overwrite" if spec.overwrite else "create"
+        # Scattered frames of a size direct I/O cannot take go through the cache.
+        unaligned = self.geo.frame_nbytes % PAGE != 0
+        direct = spec.direct_io and not (self.reordered and unaligned)
+        f = self.file = AlignedFile(spec.path, mode=mode, direct=direct)
+        self.geo = Geometry(tuple(spec.shape), spec.dtype, _front_capacity(spec))
+        if spec.frames is not None:
+            self._reserved = self.geo.data_end(spec.frames)
         else:
-            self._reserve(DATA_START + GROW_BYTES)
-        self._head[:] = header_pages(0, "")
-        self._file.pwrite(self._head, 0)
+            f.make_sparse()
+            self._reserved = self.geo.data_offset
+        f.reserve(0, self._reserved)
+        page0 = bytearray(PAGE)
+        page0[:16] = header_bytes(0, bigtiff=True)
+        page0[SOFTWARE_OFFSET : SOFTWARE_OFFSET + len(SOFTWARE)] = SOFTWARE
+        block = self._block("writing")
+        page0[block.slot : block.slot + 512] = block.encode()
+        f.pwrite_meta(bytes(page0), 0)
+        self._write_description(0)
+        f.sync()
+        fsync_dir(os.path.dirname(os.path.abspath(spec.path)))
 
-    def _reserve(self, end: int) -> None:
-        assert self._file is not None
-        if end > self._allocated:
-            self._file.allocate(end)
-            self._allocated = end
+    def _resume(self, resume: ResumeState) -> None:
+        """Reopen a file a worker died writing; the ring still holds the rest."""
+        f = self.file = AlignedFile(self.spec.path, mode="resume", direct=self.spec.direct_io)
+        block = newest_block(f.pread(PAGE, 0))
+        if block is None:
+            raise RuntimeError(f"{self.spec.path}: no mesowriter header block to resume from")
+        if block.state == "final":
+            raise SinkFinalised(f"{self.spec.path} is already final", block.committed)
+        self.geo = block.geometry()
+        self.generation = block.generation
+        self.tail = block.tail_offset
+        st = self.state
+        st.committed = self._assigned = resume.committed
+        self._reserved = f.size()
+        positions = resume.positions if self.reordered else list(range(resume.committed))
+        for p in positions:
+            self._mark(p)
+        st.top = max(positions, default=-1) + 1
+        images = self.plan.images if self.plan is not None else 0
+        self._overflow = max((p + 1 - images for p in positions if p >= images), default=0)
+        st.prefix = self._prefix_from(0)
+        # Relink exactly the durable prefix: a frame past it is written again.
+        if st.prefix:
+            self._link(0, st.prefix)
+            self._write_header_pointer()
+        self._write_block("writing")
+        f.sync()
+        st.declared = -1
+        self._write_description(st.prefix)
 
-    # -- frames ---------------------------------------------------------------
-    def write(self, batch: FrameBatch) -> int:
-        f = self._file
+    # -- frames -------------------------------------------------------------------------
+    def ready(self) -> bool:
+        if self._stage is not None and self._pending:
+            return False  # staged batches share an edge page: one at a time
+        return len(self._pending) < self.depth
+
+    def submit(self, batch: FrameBatch) -> list[int]:
+        """Start writing a batch; returns positions committed meanwhile (a
+        tail extent that had to move commits everything in flight first)."""
+        f = self.file
+        assert f is not None and self._pool is not None
+        positions = [self._place(fr.metadata) for fr in batch.frames]
+        committed = self._ensure_room(max(positions) + 1)
+        self._write_unlinked_ifds(positions)
+        futures = self._write_pixels(batch, positions)
+        st = self.state
+        st.top = max(st.top, max(positions) + 1)
+        nbytes = len(positions) * self.geo.frame_nbytes
+        self._pending.append(_Pending(positions, futures, nbytes))
+        if self._on_io is not None:
+            for fu in futures:
+                fu.add_done_callback(self._on_io)
+        return committed
+
+    def _place(self, metadata: bytes) -> int:
+        """The file position of the next frame (acquisition order, or for a
+        reordered ImageJ file the place its event index gives)."""
+        self._assigned += 1
+        if not self.reordered:
+            return self._assigned - 1
+        assert self.plan is not None
+        idx = None
+        try:
+            meta = msgspec.json.decode(metadata)
+            if type(meta) is dict:
+                idx = event_index(meta)
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            idx = None
+        pos = self.plan.position(idx) if idx is not None else None
+        if pos is None or self._is_written_or_pending(pos):
+            # Not in the hyperstack (or a repeat): after it, in arrival order.
+            pos = self.plan.images + self._overflow
+            self._overflow += 1
+        self._inflight.add(pos)
+        return pos
+
+    def _is_written_or_pending(self, pos: int) -> bool:
+        w = self.state.written
+        return (pos < len(w) and bool(w[pos])) or pos in self._inflight
+
+    def _ensure_room(self, top: int) -> list[int]:
+        """Reserve disk for positions < top and keep the tail extent past them."""
+        f = self.file
         assert f is not None
-        lay = self.layout
-        first = self._frames
-        count = len(batch.frames)
-        if batch.slot_stride != lay.stride:
-            raise RuntimeError("ring slot stride does not match the TIFF layout")
-        for j, prefix in enumerate(batch.prefixes):
-            k = first + j
-            nxt = lay.ifd_offset(k + 1) if j < count - 1 else 0
-            desc = PROVISIONAL_DESCRIPTION if k == 0 else None
-            ifd = lay.ifd(k, nxt, desc)
-            prefix[: len(ifd)] = ifd
-            prefix[_SOFTWARE_AT : _SOFTWARE_AT + len(SOFTWARE)] = SOFTWARE
-        end = lay.ifd_offset(first + count)
-        if end > self._allocated:
-            try:
-                self._reserve(max(end, self._allocated + GROW_BYTES))
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                self._reserve(end)  # a nearly full disk: room for this batch only
-        f.pwrite(batch.span, lay.ifd_offset(first))
-        if first > 0:  # link the previous frame to this batch
-            struct.pack_into(
-                "<Q", self._last_ifd, self._next_field_at(), lay.ifd_offset(first)
-            )
-            f.pwrite(self._last_ifd, lay.ifd_offset(first - 1))
-        self._last_ifd[:] = batch.prefixes[-1]
-        self._frames += count
-        if first == 0:
-            self.flush(force=True)
-        else:
-            self.flush()
-        return len(batch.span)
+        geo = self.geo
+        end = geo.data_end(top)
+        committed: list[int] = []
+        if top > geo.front_capacity:
+            if not self.tail:
+                committed = self._relocate_tail(geo.grown_tail(top, 0))
+            elif top > geo.tail_reserve(self.tail):
+                committed = self._relocate_tail(geo.grown_tail(top, self.tail))
+        if self.spec.frames is None or top > self.spec.frames:
+            want = round_up(end + GROW_BYTES)
+            if self._reserved < end:
+                try:
+                    f.reserve(self._reserved, want - self._reserved)
+                    self._reserved = want
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    # A nearly full disk: room for this batch only.
+                    f.reserve(self._reserved, round_up(end) - self._reserved)
+                    self._reserved = round_up(end)
+        return committed
 
-    def _next_field_at(self) -> int:
-        (n_tags,) = struct.unpack_from("<Q", self._last_ifd, 0)
-        return 8 + 20 * int(n_tags)
+    def _relocate_tail(self, new_tail: int) -> list[int]:
+        """Move the tail extent past the data that is about to grow into it.
 
-    def flush(self, force: bool = False) -> None:
-        """Point readers at the frames written so far (provisional OME-XML)."""
-        if self._file is None or self._frames == self._declared:
-            return
+        Everything in flight is committed first; the IFDs are written anew at
+        the new place, made durable, and only then is the chain switched to
+        them and that made durable, before any pixel overwrites the old place.
+        """
+        f = self.file
+        assert f is not None
+        committed = self.drain()
+        fc = self.geo.front_capacity
+        old = self.tail
+        self.tail = new_tail
+        st = self.state
+        if old and st.top > fc:
+            self._write_ifds(fc, st.top, linked_until=st.prefix)
+        f.reserve(new_tail, max(st.top - fc, 1) * self.codec.stride)
+        f.sync()
+        if st.prefix > fc:
+            if fc:
+                self._write_ifds(fc - 1, fc, linked_until=st.prefix)
+            else:
+                self._write_header_pointer()
+        self._write_block("writing")
+        f.sync()
+        return committed
+
+    def _write_unlinked_ifds(self, positions: list[int]) -> None:
+        runs = _runs(sorted(positions))
+        for first, stop in runs:
+            self._write_ifds(first, stop, linked_until=0)
+
+    def _write_ifds(self, first: int, stop: int, *, linked_until: int) -> None:
+        """(Re)write the IFDs of positions [first, stop), split by extent.
+
+        IFD p links to p+1 when p + 1 < linked_until, else ends the chain.
+        """
+        f = self.file
+        assert f is not None
+        geo = self.geo
+        fc = geo.front_capacity
+        p = first
+        while p < stop:
+            seg_stop = min(stop, fc) if p < fc else stop
+            start = p
+            if p == 0:
+                nxt = geo.ifd_offset(1, self.tail) if linked_until > 1 else 0
+                ifd0 = self.codec.build(
+                    pixel_offset=geo.pixel_offset(0), next_ifd=nxt, description=self._desc0
+                )
+                f.pwrite_meta(ifd0.ljust(self.codec.stride, b"\x00"), geo.ifd_offset(0, 0))
+                start = 1
+            if start < seg_stop:
+                pix = [geo.pixel_offset(q) for q in range(start, seg_stop)]
+                nxt_list = [
+                    geo.ifd_offset(q + 1, self.tail) if q + 1 < linked_until else 0
+                    for q in range(start, seg_stop)
+                ]
+                buf = self.codec.run(pix, nxt_list)
+                f.pwrite_meta(bytes(buf), geo.ifd_offset(start, self.tail))
+            p = seg_stop
+
+    _desc0: tuple[int, int] | None = PROVISIONAL
+
+    def _write_pixels(self, batch: FrameBatch, positions: list[int]) -> list[Future[None]]:
+        f = self.file
+        assert f is not None and self._pool is not None
+        geo = self.geo
+        fb = geo.frame_nbytes
+        contiguous = positions == list(range(positions[0], positions[0] + len(positions)))
+        pool = self._pool
+        if contiguous and batch.slot_stride == fb and (not f.direct or fb % f.alignment == 0):
+            # The slots are the file's bytes: one write straight from the ring.
+            span = batch.span[: len(positions) * fb]
+            return [pool.submit(f.pwrite, span, geo.pixel_offset(positions[0]))]
+        if contiguous and f.direct:
+            return [self._write_staged(batch, positions[0])]
+        return [
+            pool.submit(f.pwrite, fr.pixels.reshape(-1).view(np.uint8), geo.pixel_offset(p))
+            for fr, p in zip(batch.frames, positions, strict=True)
+        ]
+
+    def _write_staged(self, batch: FrameBatch, first: int) -> Future[None]:
+        """Copy frames into an aligned buffer (this process's copy, not the
+        acquisition's), with the previous batch's partial page in front."""
+        f = self.file
+        assert f is not None and self._pool is not None
+        from mesowriter._ring import page_aligned_buffer
+
+        geo = self.geo
+        align = f.alignment
+        start = geo.pixel_offset(first)
+        end = geo.pixel_offset(first + len(batch.frames))
+        base = start - start % align
+        lead = start - base
+        size = round_up(end - base, align)
+        if self._stage is None or len(self._stage) < size:
+            self._stage = page_aligned_buffer(max(size, COMMIT_BYTES))
+        buf = memoryview(self._stage)
+        if lead:
+            carry = self._carry if len(self._carry) == lead else f.pread(lead, base)
+            buf[:lead] = carry
+        at = lead
+        for fr in batch.frames:
+            raw = fr.pixels.reshape(-1).view(np.uint8)
+            buf[at : at + raw.size] = raw
+            at += raw.size
+        buf[at:size] = bytes(size - at)
+        tail_start = (end - base) - (end - base) % align
+        self._carry = bytes(buf[tail_start : end - base])
+        return self._pool.submit(f.pwrite, buf[:size], base)
+
+    # -- commits ------------------------------------------------------------------------
+    def on_io(self, callback: Any) -> None:
+        """Call `callback(future)` whenever a write finishes (wakes the worker)."""
+        self._on_io = callback
+
+    def in_flight(self) -> bool:
+        return bool(self._pending or self._completed)
+
+    def wait_for_writes(self, timeout: float | None) -> None:
+        """Block until the oldest write in flight finishes (or `timeout`)."""
+        if self._pending:
+            futures.wait(self._pending[0].futures, timeout=timeout)
+
+    def next_commit_in(self) -> float | None:
+        """Seconds until completed writes are due a commit; None if none wait."""
+        if not self._completed:
+            return None
+        return max(0.0, self._completed[0].done_at + COMMIT_SECONDS - time.monotonic())
+
+    def collect(self, *, force: bool = False) -> list[int]:
+        """Harvest finished writes in order; commit them when due.
+
+        Returns the file positions of the frames newly committed, in
+        acquisition order. `force` waits for every write in flight and
+        commits. Raises `BatchFailed` when a write failed: the batches before
+        it are committed first (their positions are on the exception), later
+        ones are waited out and discarded, to be submitted again.
+        """
         now = time.monotonic()
-        if not force and now - self._last_flush < FLUSH_INTERVAL:
-            return
-        from mesowriter._ome import provisional_ome_xml
-
-        xml = provisional_ome_xml(
-            shape=self.spec.shape,
-            dtype=self.spec.dtype,
-            frames=self._frames,
-            image_name=self._image_name,
+        while self._pending:
+            head = self._pending[0]
+            if not force and not all(fu.done() for fu in head.futures):
+                break
+            self._pending.popleft()
+            error = _first_error(head.futures)
+            if error is not None:
+                self._fail_batch(head, error)
+            head.done_at = now
+            self._completed.append(head)
+        if not self._completed:
+            return []
+        due = (
+            force
+            or sum(p.nbytes for p in self._completed) >= COMMIT_BYTES
+            or now - self._completed[0].done_at >= COMMIT_SECONDS
         )
-        self._head[:] = header_pages(DATA_START, xml)
-        self._file.pwrite(self._head, 0)
-        self._declared = self._frames
-        self._last_flush = now
+        return self._commit() if due else []
 
-    def close(
-        self, reason: str, records: Iterator[tuple[int, bytes]] | None = None
-    ) -> dict[str, Any]:
-        f = self._file
+    def _fail_batch(self, head: _Pending, error: OSError) -> None:
+        committed = self._commit() if self._completed else []
+        later = list(self._pending)
+        self._pending.clear()
+        for p in later:
+            _first_error(p.futures)  # wait; their bytes are never linked
+        discarded = [head, *later]
+        for p in discarded:
+            self._inflight.difference_update(p.positions)
+        self._assigned = self.state.committed
+        self._carry = b""
+        raise BatchFailed(
+            committed,
+            len(head.positions),
+            sum(len(p.positions) for p in discarded),
+            error,
+        )
+
+    def drain(self) -> list[int]:
+        """Wait for every write in flight and commit it all."""
+        out: list[int] = []
+        while self._pending or self._completed:
+            out += self.collect(force=True)
+        return out
+
+    def _commit(self) -> list[int]:
+        f = self.file
         assert f is not None
-        n = self._frames
-        summary: dict[str, Any] = {
-            "format": "ome-tiff",
-            "bigtiff": True,
-            "direct_io": f.direct,
-            "frames_in_file": n,
-        }
-        if n == 0:
-            # A TIFF needs at least one image; no file beats a corrupt one.
-            f.close()
-            self._file = None
-            with suppress(FileNotFoundError):
-                os.unlink(self.spec.path)
-            summary["file_bytes"] = 0
-            summary["note"] = "no frames were written; no data file was kept"
-            return summary
-        from mesowriter._ome import build_ome_xml
+        done, self._completed = self._completed, []
+        st = self.state
+        f.sync()  # 1. pixels and IFDs of the group durable
+        old_prefix = st.prefix
+        positions = [pos for p in done for pos in p.positions]
+        for pos in positions:
+            self._mark(pos)
+        self._inflight.difference_update(positions)
+        st.committed += len(positions)
+        st.prefix = self._prefix_from(old_prefix)
+        if st.prefix > old_prefix:  # 2. extend the chain over the group
+            self._link(max(old_prefix - 1, 0), st.prefix)
+            if old_prefix == 0:
+                self._write_header_pointer()
+        self._write_block("writing")  # 3.
+        self._write_description(old_prefix)  # 4. what the sync above linked
+        return positions
 
-        xml = (
-            build_ome_xml(
+    def settle(self) -> None:
+        """Caught up: make the links durable and declare every linked frame."""
+        if self.file is None or self.state.declared >= self.state.prefix:
+            return
+        self.file.sync()
+        self._write_description(self.state.prefix)
+
+    def _mark(self, pos: int) -> None:
+        st = self.state
+        if not self.reordered:
+            return
+        w = st.written
+        if pos >= len(w):
+            w.extend(bytes(pos + 1 - len(w) + 1024))
+        w[pos] = 1
+
+    def _prefix_from(self, start: int) -> int:
+        st = self.state
+        if not self.reordered:
+            return st.committed
+        w, p = st.written, start
+        while p < len(w) and w[p]:
+            p += 1
+        return p
+
+    def _link(self, first: int, stop: int) -> None:
+        """Rewrite IFDs [first, stop) so the chain runs to stop - 1."""
+        self._write_ifds(first, stop, linked_until=stop)
+
+    def _write_header_pointer(self) -> None:
+        assert self.file is not None
+        first = self.geo.ifd_offset(0, self.tail) if self.state.prefix else 0
+        self.file.pwrite_meta(header_bytes(first, bigtiff=True), 0)
+
+    def _block(self, state: str) -> HeaderBlock:
+        st = self.state
+        self.generation += 1
+        return HeaderBlock(
+            generation=self.generation,
+            state=state,
+            format=self.format,
+            shape=tuple(self.spec.shape),
+            dtype=self.spec.dtype,
+            front_capacity=self.geo.front_capacity,
+            tail_offset=self.tail,
+            committed=st.committed,
+            prefix=st.prefix,
+            reordered=self.reordered,
+            owner=self._owner,
+        )
+
+    def _write_block(self, state: str) -> None:
+        assert self.file is not None
+        block = self._block(state)
+        self.file.pwrite_meta(block.encode(), block.slot)
+
+    def _write_description(self, frames: int) -> None:
+        """The provisional description, declaring `frames` linked frames."""
+        assert self.file is not None
+        st = self.state
+        if frames == st.declared:
+            return
+        text = self._provisional_text(frames)
+        raw = text.encode("ascii")
+        if len(raw) >= DESCRIPTION_CAPACITY:
+            raise ValueError("provisional description does not fit its page")
+        page = raw.ljust(DESCRIPTION_CAPACITY - 1, b" ") + b"\x00"
+        self.file.pwrite_meta(page, DESCRIPTION_OFFSET)
+        st.declared = frames
+
+    def _provisional_text(self, frames: int) -> str:
+        if self.format == "ome":
+            from mesowriter.sinks._omexml import provisional_ome_xml
+
+            return provisional_ome_xml(
                 shape=self.spec.shape,
                 dtype=self.spec.dtype,
-                records=records if records is not None else iter(()),
-                sequence=self.spec.sequence,
-                position_key=self.spec.position_key,
+                frames=frames,
                 image_name=self._image_name,
-                summary=self.spec.summary,
-            ).encode("utf-8")
-            + b"\x00"
+            )
+        from mesowriter.sinks._imagej import flat_description
+
+        return flat_description(frames, rgb=len(self.spec.shape) == 3) if frames else ""
+
+    # -- the end -----------------------------------------------------------------------
+    def close(self, reason: str, records: Any = None) -> dict[str, Any]:
+        """Finalise (see `finalise_tiff`); the worker drained and journalled
+        every write first."""
+        f = self.file
+        assert f is not None
+        if self.in_flight():
+            raise RuntimeError("close() with writes in flight: drain() first")
+        summary: dict[str, Any] = {
+            "format": self.format,
+            "direct_io": f.direct,
+            "write_depth": self.depth,
+        }
+        st = self.state
+        n = st.committed
+        if n == 0:
+            # A TIFF needs at least one image; no file beats a corrupt one.
+            self._shutdown()
+            from mesowriter._platform import unlink
+
+            unlink(self.spec.path)
+            summary.update(frames_in_file=0, file_bytes=0, bigtiff=True)
+            summary["note"] = "no frames were written; no data file was kept"
+            return summary
+        if self.reordered and st.prefix < n:
+            self._compact()
+        self._write_block("finalising")
+        result = finalise_tiff(
+            f,
+            self.geo,
+            tail=self.tail,
+            frames=n,
+            description=self._final_text(records),
+            classic=self._classic_ok(n),
+            block=lambda state: self._block(state),
         )
-        lay = self.layout
-        data_end = lay.ifd_offset(n)
-        f.pwrite_tail(xml, data_end)
-        # Only now is IFD 0 pointed at the final XML: a crash before this
-        # line leaves the provisional XML, which is still true.
-        nxt = lay.ifd_offset(1) if n > 1 else 0
-        ifd0 = page_aligned_buffer(IFD_PAGE)
-        ifd0[:] = lay.ifd_page(0, nxt, (len(xml), data_end))
-        f.pwrite(ifd0, lay.ifd_offset(0))
-        f.truncate(data_end + len(xml))
-        f.sync()
-        summary["file_bytes"] = data_end + len(xml)
-        summary["ome_xml_bytes"] = len(xml)
-        f.close()
-        self._file = None
+        self._shutdown()
+        summary.update(result)
         return summary
 
+    def _final_text(self, records: Any) -> str:
+        spec = self.spec
+        if self.format == "ome":
+            from mesowriter.sinks._omexml import build_ome_xml
+
+            return build_ome_xml(
+                shape=spec.shape,
+                dtype=spec.dtype,
+                records=records if records is not None else iter(()),
+                sequence=spec.sequence,
+                position_key=spec.position_key,
+                image_name=self._image_name,
+                summary=spec.summary,
+            )
+        from mesowriter.sinks._imagej import final_description
+
+        st = self.state
+        whole = st.prefix == st.committed and (
+            self.reordered or self.plan is None or not self.plan.reordered
+        )
+        if self.plan is not None and st.committed > self.plan.images:
+            whole = False
+        return final_description(
+            self.plan, st.committed, whole=whole, rgb=len(spec.shape) == 3
+        )
+
+    def _classic_ok(self, n: int) -> bool:
+        """ImageJ reads only classic TIFF: use it whenever the file fits."""
+        if self.format != "imagej" or not self.spec.path.lower().endswith(CLASSIC_SUFFIXES):
+            return False
+        return self.geo.data_end(n) + n * 256 + 2 * PAGE < CLASSIC_LIMIT
+
+    def _compact(self) -> None:
+        """Close the holes a canceled, reordered run leaves: frames past the
+        first hole move down into it, in file order. Targets are holes, so a
+        crash mid-way leaves every journalled position intact."""
+        f = self.file
+        assert f is not None
+        st = self.state
+        w = st.written
+        geo = self.geo
+        fb = geo.frame_nbytes
+        filled = [p for p in range(st.prefix, len(w)) if w[p]]
+        target = st.prefix
+        for p in filled:
+            data = f.pread(fb, geo.pixel_offset(p))
+            f.pwrite_meta(data, geo.pixel_offset(target))
+            w[p] = 0
+            w[target] = 1
+            target += 1
+        self._write_ifds(st.prefix, target, linked_until=0)
+        f.sync()
+        old = st.prefix
+        st.prefix = target
+        self._link(max(old - 1, 0), target)
+        if old == 0:
+            self._write_header_pointer()
+        f.sync()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for p in self._pending:
+            for fu in p.futures:
+                fu.exception()
+        self._pending.clear()
+        self._shutdown()
+
+    @property
+    def committed(self) -> int:
+        return self.state.committed
+
+
+def _first_error(fs: list[Future[Any]]) -> OSError | None:
+    """Wait for `fs`; the first OSError any of them raised."""
+    error = None
+    for fu in fs:
+        exc = fu.exception()
+        if exc is not None and error is None:
+            if not isinstance(exc, OSError):
+                raise exc
+            error = exc
+    return error
+
+
+def _front_capacity(spec: StreamSpec) -> int:
+    return spec.frames if spec.frames is not None else UNKNOWN_FRONT_CAPACITY
+
+
+def _runs(sorted_positions: list[int]) -> list[tuple[int, int]]:
+    """[first, stop) runs of consecutive positions."""
+    runs: list[tuple[int, int]] = []
+    for p in sorted_positions:
+        if runs and runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    return runs
+
+
+def finalise_tiff(
+    f: AlignedFile,
+    geo: Geometry,
+    *,
+    tail: int,
+    frames: int,
+    description: str,
+    classic: bool,
+    block: Any,
+) -> dict[str, Any]:
+    """Give a file holding `frames` committed, linked frames its final form.
+
+    Shared by the sink and `recover`. New IFDs and the description go where
+    they overlap nothing the current chain uses; one sync; then the chain is
+    switched to them (single-sector writes: IFD 0, or the TIFF header); the
+    block says "final"; the file is cut after the description; one sync.
+    At every instant the file reads as either its provisional or its final
+    self. `block(state)` makes the next HeaderBlock.
+    """
+    n = frames
+    data_end = geo.data_end(n)
+    text = description.encode("ascii", "xmlcharrefreplace") + b"\x00"
+    fc = geo.front_capacity
+    tail_n = max(n - fc, 0)
+    tail_bytes = tail_n * 512
+    if classic:
+        codec = IfdCodec(geo.shape, geo.dtype, bigtiff=False)
+        busy_end = max(round_up(data_end, 16), tail + tail_bytes if tail else 0)
+        start = round_up(data_end, 16)
+        size = n * codec.stride
+        if tail and start < tail + tail_bytes and start + size + len(text) > tail:
+            start = round_up(tail + tail_bytes, 16)  # past the live tail
+        desc_at = start + size
+        offsets = [start + k * codec.stride for k in range(n)]
+        ifd0 = codec.build(
+            pixel_offset=geo.pixel_offset(0),
+            next_ifd=offsets[1] if n > 1 else 0,
+            description=(len(text), desc_at),
+        ).ljust(codec.stride, b"\x00")
+        rest = codec.run(
+            [geo.pixel_offset(k) for k in range(1, n)],
+            [offsets[k + 1] if k + 1 < n else 0 for k in range(1, n)],
+        )
+        f.pwrite_meta(ifd0 + bytes(rest) + text, start)
+        end = desc_at + len(text)
+        f.sync()
+        blk = block("final")
+        f.pwrite_meta(blk.encode(), blk.slot)
+        f.pwrite_meta(header_bytes(start, bigtiff=False), 0)
+        del busy_end
+    else:
+        codec = IfdCodec(geo.shape, geo.dtype, bigtiff=True)
+        new_tail = tail
+        desc_at = round_up(data_end, 16)
+        if tail_n:
+            cand = round_up(data_end, 16)
+            if cand + tail_bytes <= tail or cand >= tail + tail_bytes:
+                new_tail = cand
+            desc_at = round_up((new_tail if new_tail else tail) + tail_bytes, 16)
+            if new_tail != tail:
+                pix = [geo.pixel_offset(k) for k in range(fc, n)]
+                nxt = [new_tail + (k + 1 - fc) * 512 if k + 1 < n else 0 for k in range(fc, n)]
+                f.pwrite_meta(bytes(codec.run(pix, nxt)), new_tail)
+        f.pwrite_meta(text, desc_at)
+        end = desc_at + len(text)
+        f.sync()
+        if tail_n and new_tail != tail and fc:
+            last_front = codec.build(
+                pixel_offset=geo.pixel_offset(fc - 1),
+                next_ifd=new_tail,
+                description=(len(text), desc_at) if fc == 1 else None,
+            )
+            if fc > 1:
+                f.pwrite_meta(last_front.ljust(512, b"\x00"), geo.ifd_offset(fc - 1, tail))
+        first_ifd = geo.ifd_offset(0, new_tail)
+        nxt0 = geo.ifd_offset(1, new_tail) if n > 1 else 0
+        ifd0 = codec.build(
+            pixel_offset=geo.pixel_offset(0), next_ifd=nxt0, description=(len(text), desc_at)
+        )
+        f.pwrite_meta(ifd0.ljust(512, b"\x00"), first_ifd)
+        f.pwrite_meta(header_bytes(first_ifd, bigtiff=True), 0)
+        blk = block("final")
+        f.pwrite_meta(blk.encode(), blk.slot)
+    f.truncate(end)
+    f.sync()
+    return {
+        "bigtiff": not classic,
+        "frames_in_file": n,
+        "file_bytes": end,
+        "description_bytes": len(text),
+    }

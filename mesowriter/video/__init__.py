@@ -8,11 +8,14 @@ access), so the parent can validate requests cheaply and
 from typing import TYPE_CHECKING
 
 from mesowriter.video._codecs import (
+    FOURCC_ENV_VARS,
     PORTABLE_CODEC,
     CodecChoice,
     CodecFallbackWarning,
     VideoEncodeError,
     check_video_request,
+    choose_codec,
+    codec_family,
     container_of,
     resolve_codec,
 )
@@ -22,12 +25,15 @@ if TYPE_CHECKING:
     from mesowriter.video._tonemap import ToneMap, to_bgr
 
 __all__ = [
+    "FOURCC_ENV_VARS",
     "PORTABLE_CODEC",
     "CodecChoice",
     "CodecFallbackWarning",
     "ToneMap",
     "VideoEncodeError",
     "check_video_request",
+    "choose_codec",
+    "codec_family",
     "configure_opencv_codec",
     "container_of",
     "find_openh264",

@@ -4,9 +4,12 @@ OpenCV's `VideoWriter` gives no reason when a codec cannot open: H.264 in
 particular is missing from the opencv-python wheels on Linux. So every
 request is checked cheaply against a table first (`check_video_request`, in
 the user's process), then probed by opening a real writer on a scratch file
-(`resolve_codec`, in the worker), and a failed request falls back to the
-container's portable codec with one `CodecFallbackWarning` instead of an
-empty file.
+(`resolve_codec`), and a failed request falls back to the container's
+portable codec with one `CodecFallbackWarning` instead of an empty file.
+
+No request (`fourcc=None`, mesofield's default) means `MESOWRITER_FOURCC`,
+else `MESOFIELD_FOURCC`, else the portable codec, which always opens and so
+never warns (`choose_codec`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -74,6 +77,10 @@ PORTABLE_CODEC: dict[str, str] = {
 }
 LOSSLESS_CONTAINERS = (".mkv", ".avi")
 
+# Where a default request (fourcc=None) comes from, first set wins: our own
+# name is the specific override, mesofield's may be set lab-wide for it.
+FOURCC_ENV_VARS = ("MESOWRITER_FOURCC", "MESOFIELD_FOURCC")
+
 _probe_cache: dict[tuple[str, str, bool, bool, tuple[int, int]], bool] = {}
 
 
@@ -90,18 +97,35 @@ def _family_of(fourcc: str) -> tuple[str, _Family] | None:
     return None
 
 
-def check_video_request(path: str, fourcc: str, lossless: bool = False) -> None:
-    """Raise ValueError if no OpenCV build could write `fourcc` into `path`.
+def codec_family(fourcc: str) -> str | None:
+    """The codec family a fourcc names ('h264', 'ffv1', ...), None if unknown."""
+    found = _family_of(fourcc)
+    return found[0] if found else None
 
-    Cheap (no encoder is opened), so the user's process can run it before the
-    camera starts; whether *this* build has the codec is `resolve_codec`'s job.
-    """
+
+def _check_container(path: str) -> str:
     ext = container_of(path)
     if ext not in PORTABLE_CODEC:
         raise ValueError(
             f"cannot write video to {path!r}: extension {ext or '(none)'!r} is not "
             f"a video container; use one of {', '.join(PORTABLE_CODEC)}"
         )
+    return ext
+
+
+def check_video_request(path: str, fourcc: str | None, lossless: bool = False) -> None:
+    """Raise ValueError if no OpenCV build could write `fourcc` into `path`.
+
+    Cheap (no encoder is opened), so the user's process can run it before the
+    camera starts; whether *this* build has the codec is `resolve_codec`'s job.
+    `fourcc=None` (the default codec) checks only the container, and that
+    `lossless` has one.
+    """
+    ext = _check_container(path)
+    if fourcc is None:
+        if lossless and ext not in LOSSLESS_CONTAINERS:
+            raise ValueError(f"lossless video needs a .mkv or .avi path, got {ext}")
+        return  # the default codec fits every container
     if not isinstance(fourcc, str) or len(fourcc) != 4:
         raise ValueError(f"fourcc must be a 4-character code, got {fourcc!r}")
     found = _family_of(fourcc)
@@ -121,6 +145,15 @@ def check_video_request(path: str, fourcc: str, lossless: bool = False) -> None:
         )
     if lossless and ext not in LOSSLESS_CONTAINERS:
         raise ValueError(f"lossless FFV1 video needs a .mkv or .avi path, got {ext}")
+
+
+def fourcc_from_env() -> tuple[str, str] | None:
+    """(variable, value) of the first fourcc variable set, else None."""
+    for var in FOURCC_ENV_VARS:
+        value = os.environ.get(var, "").strip()
+        if value:
+            return var, value
+    return None
 
 
 def _tag_for(fourcc: str, ext: str) -> str:
@@ -211,12 +244,14 @@ def resolve_codec(
     is_color: bool,
     depth16: bool = False,
     size: tuple[int, int] = (64, 64),
+    source: str | None = None,
 ) -> CodecChoice:
     """Pick the codec a stream will really use, warning once if it differs.
 
     Tries the requested codec (gray first when asked, then colour, since some
     encoders only take colour input), then the container's portable codec.
-    `size` is (width, height): a few encoders reject some sizes.
+    `size` is (width, height): a few encoders reject some sizes. `source`
+    names the environment variable the request came from, for the warning.
     Raises VideoEncodeError if even the portable codec cannot open.
     """
     check_video_request(path, fourcc, lossless=False)
@@ -236,7 +271,10 @@ def resolve_codec(
         return CodecChoice(fourcc, tag, False, None, color)
     portable = PORTABLE_CODEC[ext]
     detail = "16-bit " if depth16 else ""
-    reason = f"{detail}{fourcc!r} encoder not available in this OpenCV build"
+    asked = f"{fourcc!r}" + (f" (tried as {tag!r})" if tag != fourcc else "")
+    if source:
+        asked += f" from {source}"
+    reason = f"{detail}{asked} encoder not available in this OpenCV build"
     if (
         _family_of(fourcc) == _family_of(portable)
         or (color := attempt(portable)) is None
@@ -252,3 +290,52 @@ def resolve_codec(
         stacklevel=2,
     )
     return CodecChoice(fourcc, portable, True, reason, color)
+
+
+def choose_codec(
+    path: str,
+    fourcc: str | None,
+    *,
+    lossless: bool = False,
+    is_color: bool = False,
+    depth16: bool = False,
+    size: tuple[int, int] = (64, 64),
+) -> CodecChoice:
+    """The codec for a writer asked for `fourcc`, where None means the default.
+
+    An explicit `fourcc` that no build could write into `path` is a mistake
+    in the caller's code and raises ValueError, as does a path that is not a
+    video container. `None` means FFV1 when `lossless`, else the first of
+    `FOURCC_ENV_VARS` set, else the container's portable codec, silently.
+    An environment value applies to every writer of every container, so one
+    that is malformed or does not fit this container does not stop the
+    acquisition: it gives the portable codec with one CodecFallbackWarning,
+    like a codec that cannot open.
+    """
+
+    def resolve(tag: str, source: str | None = None) -> CodecChoice:
+        return resolve_codec(
+            path, tag, is_color=is_color, depth16=depth16, size=size, source=source
+        )
+
+    if fourcc or lossless:
+        wanted = fourcc or "FFV1"
+        check_video_request(path, wanted, lossless)
+        return resolve(wanted)
+    ext = _check_container(path)
+    env = fourcc_from_env()
+    if env is None:
+        return resolve(PORTABLE_CODEC[ext])
+    var, value = env
+    try:
+        check_video_request(path, value)
+    except ValueError as exc:
+        reason = f"{var}={value!r} ignored: {exc}"
+        choice = resolve(PORTABLE_CODEC[ext])
+        warnings.warn(
+            f"{reason}; writing {path!r} with {choice.used!r}",
+            CodecFallbackWarning,
+            stacklevel=3,
+        )
+        return replace(choice, requested=value, fell_back=True, reason=reason)
+    return resolve(value, source=var)

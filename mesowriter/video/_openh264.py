@@ -2,7 +2,9 @@
 
 We never ship OpenH264 (Cisco's binary licence covers only their own
 downloads), so the user drops it in `external/video-codecs/` or names it with
-`MESOWRITER_OPENH264_LIBRARY`. Which OpenCV builds can use it:
+`MESOWRITER_OPENH264_LIBRARY` or mesofield's `MESOFIELD_OPENH264_LIBRARY`
+(first found wins, in the order of `find_openh264`). Which OpenCV builds can
+use it:
 
 * Windows opencv-python: its FFmpeg loads `openh264-1.8.0-win64.dll` at run
   time, found via `OPENH264_LIBRARY` (a full path) or the DLL search path.
@@ -23,20 +25,21 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+
+from mesowriter._platform import SHARED_LIBRARY_SUFFIX, add_library_folder
 
 ENV_LIBRARY = "MESOWRITER_OPENH264_LIBRARY"  # a file, or a folder holding it
+ENV_LIBRARY_LEGACY = "MESOFIELD_OPENH264_LIBRARY"  # mesofield's name, same meaning
 ENV_CODECS_DIR = "MESOWRITER_VIDEO_CODECS_DIR"
 
-# The exact names OpenCV's own FFmpeg wrappers ask for come first.
+# The exact names OpenCV's own FFmpeg wrappers ask for come first; both
+# tables are keyed by this OS's shared-library suffix.
 _PREFERRED = {
-    "win32": "openh264-1.8.0-win64.dll",
-    "darwin": "libopenh264-1.8.0-osx64.4.dylib",
+    ".dll": "openh264-1.8.0-win64.dll",
+    ".dylib": "libopenh264-1.8.0-osx64.4.dylib",
 }
-_PATTERNS = {"win32": "openh264*.dll", "darwin": "libopenh264*.dylib"}
-_LINUX_PATTERN = "libopenh264*.so*"
-
-_dll_handles: dict[str, Any] = {}  # keeps os.add_dll_directory entries alive
+_PATTERNS = {".dll": "openh264*.dll", ".dylib": "libopenh264*.dylib"}
+_SO_PATTERN = "libopenh264*.so*"
 
 
 def default_codecs_dir() -> Path:
@@ -47,38 +50,42 @@ def default_codecs_dir() -> Path:
 def _find_in(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
-    preferred = _PREFERRED.get(sys.platform)
+    preferred = _PREFERRED.get(SHARED_LIBRARY_SUFFIX)
     if preferred and (folder / preferred).is_file():
         return folder / preferred
-    hits = sorted(p for p in folder.glob(_PATTERNS.get(sys.platform, _LINUX_PATTERN)))
+    pattern = _PATTERNS.get(SHARED_LIBRARY_SUFFIX, _SO_PATTERN)
+    hits = sorted(p for p in folder.glob(pattern))
     hits = [p for p in hits if p.is_file()]
     return hits[-1] if hits else None
 
 
 def find_openh264() -> Path | None:
-    """The OpenH264 library named by the environment or the codecs folder."""
-    named = os.environ.get(ENV_LIBRARY)
-    if named:
+    """The OpenH264 library named by the environment or the codecs folder.
+
+    Looks, in order, at `MESOWRITER_OPENH264_LIBRARY`, then
+    `MESOFIELD_OPENH264_LIBRARY` (each a file or a folder holding it), then
+    the folders `MESOWRITER_VIDEO_CODECS_DIR` and `external/video-codecs/`.
+    Our own variable comes first, so it can override a lab-wide mesofield
+    setting. A variable naming no library is warned about and skipped, as
+    mesofield skipped it, so a stale path does not hide a copy found later.
+    """
+    for var in (ENV_LIBRARY, ENV_LIBRARY_LEGACY):
+        named = os.environ.get(var)
+        if not named:
+            continue
         p = Path(named).expanduser()
         found = p if p.is_file() else _find_in(p)
-        if found is None:
-            warnings.warn(
-                f"{ENV_LIBRARY}={named!r} names no OpenH264 library; "
-                "H.264 requests will fall back",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return found.resolve() if found else None
+        if found is not None:
+            return found.resolve()
+        warnings.warn(
+            f"{var}={named!r} names no OpenH264 library; ignored",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     for folder in (os.environ.get(ENV_CODECS_DIR), default_codecs_dir()):
         if folder and (found := _find_in(Path(folder).expanduser())) is not None:
             return found.resolve()
     return None
-
-
-def _prepend_env_path(var: str, folder: str) -> None:
-    parts = [p for p in os.environ.get(var, "").split(os.pathsep) if p]
-    if folder not in parts:
-        os.environ[var] = os.pathsep.join([folder, *parts])
 
 
 def _quiet_logging() -> None:
@@ -104,14 +111,6 @@ def configure_opencv_codec() -> str | None:
     lib = find_openh264()
     if lib is None:
         return None
-    folder = str(lib.parent)
-    if sys.platform == "win32":
-        _prepend_env_path("PATH", folder)
-        if folder not in _dll_handles:
-            _dll_handles[folder] = os.add_dll_directory(folder)
-    elif sys.platform == "darwin":
-        _prepend_env_path("DYLD_LIBRARY_PATH", folder)
-    else:
-        _prepend_env_path("LD_LIBRARY_PATH", folder)
+    add_library_folder(str(lib.parent))
     os.environ.setdefault("OPENH264_LIBRARY", str(lib))
     return str(lib)
