@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 if TYPE_CHECKING:
+    from mesowriter._journal import JournalHeader
     from mesowriter._spec import StreamSpec
 
 __all__ = [
@@ -88,8 +90,6 @@ def check_input_file(path: str | os.PathLike[str]) -> int:
         raise _bad(p, "no such file") from None
     except OSError as exc:
         raise _bad(p, f"cannot be read ({exc.strerror or exc})") from None
-    import stat
-
     if stat.S_ISDIR(st.st_mode):
         raise _bad(p, "is a folder, not a data file")
     if not stat.S_ISREG(st.st_mode):
@@ -332,8 +332,9 @@ _TYPE_SIZES = {
     17: 8,  # SLONG8
     18: 8,  # IFD8
 }
-_INT_CODES = {1: "B", 3: "H", 4: "I", 16: "Q", 6: "b", 8: "h", 9: "i", 17: "q"}
-_NUMPY_INTS = {1: "u1", 3: "u2", 4: "u4", 16: "u8", 13: "u4", 18: "u8"}
+# struct codes of the unsigned integer types a reader takes offsets and
+# sizes from (IFD and IFD8 are offsets too)
+_INT_CODES = {1: "B", 3: "H", 4: "I", 16: "Q", 13: "I", 18: "Q"}
 _WIDTH, _LENGTH, _BITS, _COMPRESSION = 256, 257, 258, 259
 _DESCRIPTION, _STRIP_OFFSETS, _SAMPLES, _STRIP_COUNTS = 270, 273, 277, 279
 _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS, _TILE_COUNTS = 322, 323, 324, 325
@@ -480,15 +481,18 @@ class _TiffWalk:
         where = f"IFD {k} at offset {offset}"
         if offset < 8 or offset + self.count_size > self.size:
             raise _bad(self.path, f"{where} lies outside the file ({self.size} bytes)")
-        (n,) = struct.unpack(
-            self.order + self.count_fmt, self.read(offset, self.count_size)
-        )
+        # One read for a typical IFD (up to 32 tags), a second for a longer one.
+        guess = self.count_size + 32 * self.entry_size + self.off_size
+        head = self.read(offset, min(guess, self.size - offset))
+        (n,) = struct.unpack_from(self.order + self.count_fmt, head)
         if n == 0 or n > MAX_TAGS:
             raise _bad(self.path, f"{where} claims {n} tags")
-        body = self.count_size + n * self.entry_size
-        if offset + body + self.off_size > self.size:
+        end = self.count_size + n * self.entry_size + self.off_size
+        if offset + end > self.size:
             raise _bad(self.path, f"{where}: its {n} tags run past the end of the file")
-        raw = self.read(offset + self.count_size, n * self.entry_size + self.off_size)
+        if end > len(head):
+            head += self.read(offset + len(head), end - len(head))
+        raw = head[self.count_size : end]
         tags: dict[int, tuple[int, int, bytes]] = {}
         for tag, typ, count, value in self.entry.iter_unpack(raw[: -self.off_size]):
             itemsize = _TYPE_SIZES.get(typ)
@@ -533,12 +537,24 @@ class _TiffWalk:
                 self.path,
                 f"{where} has {len(offsets)} data offsets and {len(counts)} counts",
             )
-        size = np.uint64(self.size)
-        if np.any(counts > size) or np.any(offsets > size - counts):
+        if isinstance(counts, tuple) and isinstance(offsets, tuple):
+            past = any(
+                c > self.size or o > self.size - c
+                for o, c in zip(offsets, counts, strict=True)
+            )
+            data_bytes = sum(counts)
+        else:
+            size = np.uint64(self.size)
+            big_counts = np.asarray(counts, np.uint64)
+            past = bool(
+                np.any(big_counts > size)
+                or np.any(np.asarray(offsets, np.uint64) > size - big_counts)
+            )
+            data_bytes = 0 if past else int(big_counts.sum(dtype=np.uint64))
+        if past:
             raise _bad(
                 self.path, f"{where}: its pixel data run past the end of the file"
             )
-        data_bytes = int(counts.sum(dtype=np.uint64))
         if compression == 1 and _TILE_OFFSETS not in tags:
             needed = width * height * samples * max(bits, 1) // 8
             if data_bytes < needed:
@@ -571,25 +587,25 @@ class _TiffWalk:
         tags: dict[int, tuple[int, int, bytes]],
         tag: int,
         small: bool = False,
-    ) -> np.ndarray:
-        """A tag's unsigned integer values (bounds were checked in `ifd`)."""
+    ) -> tuple[int, ...] | np.ndarray:
+        """A tag's unsigned integer values (bounds were checked in `ifd`):
+        a tuple for a few values, an array for a long strip table."""
         if tag not in tags:
-            return np.zeros(0, np.uint64)
+            return ()
         typ, count, value = tags[tag]
-        code = _NUMPY_INTS.get(typ)
+        code = _INT_CODES.get(typ)
         if code is None:
             raise _bad(self.path, f"{where}: tag {tag} has field type {typ}")
-        itemsize = _TYPE_SIZES[typ]
-        nbytes = count * itemsize
+        nbytes = count * _TYPE_SIZES[typ]
         if small and nbytes > _MAX_SMALL_ARRAY:
             raise _bad(self.path, f"{where}: tag {tag} claims {count} values")
         if nbytes <= self.off_size:
-            raw = value[:nbytes]
-        else:
-            (at,) = struct.unpack(self.order + self.off_fmt, value)
-            raw = self.read(int(at), nbytes)
-        dtype = np.dtype(self.order + code)
-        return np.frombuffer(raw, dtype).astype(np.uint64)
+            return struct.unpack(f"{self.order}{count}{code}", value[:nbytes])
+        (at,) = struct.unpack(self.order + self.off_fmt, value)
+        raw = self.read(int(at), nbytes)
+        if count <= 64:
+            return struct.unpack(f"{self.order}{count}{code}", raw)
+        return np.frombuffer(raw, np.dtype(self.order + code)).astype(np.uint64)
 
     def description(self, page: TiffPage) -> bytes | None:
         if page.description is None:
@@ -664,7 +680,7 @@ def plain_dtype(text: Any, *, source: str) -> np.dtype[Any]:
     return dtype
 
 
-def read_journal_header(path: str, *, max_bytes: int = 64 << 20) -> Any:
+def read_journal_header(path: str, *, max_bytes: int = 64 << 20) -> JournalHeader:
     """The checked header (`_journal.JournalHeader`) of a journal file.
 
     Reads at most `max_bytes` for its first line; BadFileError if the line is
