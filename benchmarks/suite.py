@@ -250,7 +250,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
 
             # The raw writer gets the same request size the worker uses at
             # most (whole frames up to 64 MiB), so neither side is handicapped.
-            from mesowriter._worker import MAX_BATCH_BYTES
+            from mesowriter._worker import BATCH_BYTES as MAX_BATCH_BYTES
 
             chunk = max(1, MAX_BATCH_BYTES // frame_nbytes) * frame_nbytes
 

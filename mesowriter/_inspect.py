@@ -41,10 +41,16 @@ from mesowriter._untrusted import (
     parse_xml,
     read_tiff,
 )
-from mesowriter.sinks import kind_for_path, sink_class
+from mesowriter.sinks import sink_for_path
 from mesowriter.sinks._omexml import FRAME_METADATA_NS, sidecar_from_ome_xml
 
-__all__ = ["BadFileError", "export_sidecar", "inspect_file", "inspect_tiff"]
+__all__ = [
+    "BadFileError",
+    "export_sidecar",
+    "inspect_file",
+    "inspect_tiff",
+    "inspect_video",
+]
 
 _OME = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 _TO_SECONDS = {
@@ -86,14 +92,14 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"{p}: no such file")
     check_input_file(p)
     try:
-        kind = kind_for_path(p)
+        sink = sink_for_path(p)
     except ValueError as exc:
         raise BadFileError(str(exc)) from None
     report = _load_report(p)
-    if kind == "video":
-        info = _inspect_video(p, report)
-    else:  # the format's sink knows how to read it (for TIFF: `inspect_tiff`)
-        info = sink_class(kind).inspect(p)
+    # the format's sink knows how to read it: `inspect_tiff`, `inspect_video`
+    info = sink.inspect(p)
+    if info["kind"] == "video":
+        info.update(_video_report(report))
     if info["time_span_s"] is None:
         span, source = _sidecar_time_span(p)
         info["time_span_s"], info["time_source"] = span, source
@@ -377,7 +383,8 @@ def _check_annotation_size(root: ElementTree.Element, path: str, size: int) -> N
 # -- video --------------------------------------------------------------------------
 
 
-def _inspect_video(path: str, report: dict[str, Any]) -> dict[str, Any]:
+def inspect_video(path: str) -> dict[str, Any]:
+    """What OpenCV sees in a video file; BadFileError if it cannot open it."""
     import cv2
 
     cap = cv2.VideoCapture(path)
@@ -392,8 +399,6 @@ def _inspect_video(path: str, report: dict[str, Any]) -> dict[str, Any]:
     finally:
         cap.release()
     fourcc = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00")
-    sink = report.get("sink")
-    codec = sink.get("codec") if isinstance(sink, dict) else None
     return {
         "path": path,
         "kind": "video",
@@ -403,10 +408,16 @@ def _inspect_video(path: str, report: dict[str, Any]) -> dict[str, Any]:
         "height": height,
         "fps": fps if math.isfinite(fps) else None,
         "fourcc": fourcc,
-        "codec": codec if isinstance(codec, str) else None,
         "time_span_s": None,
         "time_source": None,
     }
+
+
+def _video_report(report: dict[str, Any]) -> dict[str, Any]:
+    """What only the writer knows of a video: the codec it used."""
+    sink = report.get("sink")
+    codec = sink.get("codec") if isinstance(sink, dict) else None
+    return {"codec": codec if isinstance(codec, str) else None}
 
 
 # -- files beside the data -------------------------------------------------------------

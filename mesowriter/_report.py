@@ -26,6 +26,12 @@ class FinishReason(str, enum.Enum):
     ACQUISITION_EXITED = "acquisition exited"  # the writer finished alone
     RECOVERED = "recovered"  # `mesowriter recover` finalised it
 
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
 
 class ProducerStats(msgspec.Struct, kw_only=True):
     """What only the acquisition side knows; sent to the worker at close."""

@@ -241,6 +241,7 @@ class WriterService:
         extra_metadata: dict[str, Any] | None = None,
         sidecar: SidecarSpec | None = None,
         write_depth: int | None = None,
+        notes: tuple[str, ...] = (),
         _fault: str | None = None,
     ) -> Stream:
         """Open a file for frames of one shape and dtype; returns its Stream.
@@ -289,6 +290,7 @@ class WriterService:
             fault=_fault,
             write_depth=depth,
             sidecar=sidecar,
+            notes=tuple(notes),
         )
         sink_cls = sink_class(kind)
         sink_cls.check(spec)

@@ -76,6 +76,7 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     extra_metadata: dict[str, Any] | None = None
     fault: str | None = None  # test-only fault injection, see mesowriter._faults
     write_depth: int = DEFAULT_WRITE_DEPTH  # pixel writes in flight
+    notes: tuple[str, ...] = ()  # said once in the report (e.g. values left out)
     sidecar: SidecarSpec | None = None  # None: a sidecar of its own
     version: int = SPEC_VERSION
 

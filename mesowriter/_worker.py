@@ -85,11 +85,10 @@ class StreamRunner:
         self.sink.on_io(wake)
         self.error: m.RemoteError | None = None
         self.secondary_errors: list[str] = []
-        self.notes: list[str] = []
+        self.notes: list[str] = list(spec.notes)
         self.report: StreamReport | None = None
         self.final_frames: int | None = None  # already finalised on resume
         self.write_seconds = 0.0
-        self.settled = True
         self.ring = FrameRing.attach(layout, block)
         self.journal: Journal | None = None
         self.resumed_from = 0
@@ -184,8 +183,6 @@ class StreamRunner:
             progress = self._submit() | self._collect()
         finally:
             self.write_seconds += time.perf_counter() - t0
-        if progress:
-            self.settled = False
         return progress
 
     def _submit(self) -> bool:
@@ -201,8 +198,9 @@ class StreamRunner:
             except OSError:
                 if single or not sink.retry_by_frame:
                     raise
-                self._retry_singly(first + count)
-                return progress
+                # Nothing of this batch was submitted: try it frame by frame.
+                self.by_frame_until = max(self.by_frame_until, first + count)
+                continue
             frames = []
             for seq in range(first, first + count):
                 index, meta = ring.get_metadata(seq)
@@ -253,19 +251,6 @@ class StreamRunner:
     def wait_hint(self) -> float | None:
         """Seconds until this stream needs the worker again (a commit due)."""
         return self.sink.next_commit_in()
-
-    def settle(self) -> None:
-        """Nothing to do right now: let readers see what is on disk. A failure
-        here loses no frame but is kept for the report, once."""
-        if self.settled or self.done or self.sink.in_flight():
-            return
-        self.settled = True
-        try:
-            self.sink.settle()
-        except Exception as exc:
-            note = f"updating the provisional description: {exc!r}"
-            if note not in self.secondary_errors:
-                self.secondary_errors.append(note)
 
     def fail(self, exc: BaseException) -> None:
         """Stop writing; what was committed stays (finalised at close)."""
@@ -580,8 +565,6 @@ class Worker:
                 assert runner.error is not None
                 self.send(m.StreamFailed(sid, runner.error))
                 progress = True
-            if not runner.pending():
-                runner.settle()
             self._answer_want(sid)
         for sid in [s for s in self.closing if self._close_ready(s)]:
             close = self.closing.pop(sid)

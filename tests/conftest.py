@@ -20,14 +20,42 @@ def _shm_blocks() -> set[str]:
     return {p.name for p in SHM.iterdir() if p.name.startswith(("psm_", "wnsm_"))}
 
 
+def _mapped_by_others(names: set[str]) -> set[str]:
+    """Blocks that processes outside this test run map (another program on
+    the machine, e.g. a second test run): not ours to account for."""
+    import psutil
+
+    me = psutil.Process()
+    ours = {me.pid} | {c.pid for c in me.children(recursive=True)}
+    found: set[str] = set()
+    for proc in psutil.process_iter():
+        if proc.pid in ours:
+            continue
+        try:
+            with open(f"/proc/{proc.pid}/maps", encoding="utf-8", errors="replace") as fh:
+                maps = fh.read()
+        except OSError:
+            continue
+        found |= {n for n in names if f"/dev/shm/{n}" in maps}
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_shared_memory_left_behind() -> Iterator[None]:
-    """Fails the session if any shared-memory block outlives the suite."""
+    """Fails the session if any shared-memory block outlives the suite.
+
+    The handlers' shared service keeps a warm pool until it is idle or the
+    interpreter exits; it is closed here first, as at exit.
+    """
     before = _shm_blocks()
     yield
-    deadline = time.monotonic() + 3.0  # rings are released on background threads
+    from mesowriter._service import _close_all
+
+    _close_all("completed")
+    deadline = time.monotonic() + 3.0
     while (leaked := _shm_blocks() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
+    leaked -= _mapped_by_others(leaked)
     assert not leaked, f"shared memory left behind: {sorted(leaked)}"
 
 

@@ -105,11 +105,17 @@ def test_positions_channels_and_z_one_file_per_position(
             t, c, z = event.index["t"], event.index["c"], event.index["z"]
             assert k == (t * 2 + c) * 3 + z
             np.testing.assert_array_equal(flat[k], img)
-        side = json.loads(Path(f"{file}_frame_metadata.json").read_text())
-        assert side == {key: recorder.as_sidecar_items(key)}
+    # ONE sidecar for the run, every position keyed by its key
+    assert [p.name for p in tmp_path.glob("*_frame_metadata.json")] == [
+        "multi.ome.tif_frame_metadata.json"
+    ]
+    assert not list(tmp_path.glob("*_journal.ndjson"))
     combined = json.loads(Path(f"{path}_frame_metadata.json").read_text())
     assert sorted(combined) == sorted(keys)
+    for key in keys:
+        assert combined[key] == recorder.as_sidecar_items(key)
     assert combined == writer.frame_metadatas
+    assert writer._frame_metadata_filename == f"{path}_frame_metadata.json"
     assert sum(len(v) for v in combined.values()) == len(recorder.frames) == 36
 
 
@@ -134,8 +140,10 @@ def test_errors_surface_at_sequence_finished(core: Any, tmp_path: Path) -> None:
 
 
 def test_bad_filenames_fail_at_construction(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="OME-TIFF"):
+    with pytest.raises(ValueError, match="format from the name"):
         CustomWriter(tmp_path / "run.zarr")
+    with pytest.raises(ValueError, match="CustomWriter writes TIFF"):
+        CustomWriter(tmp_path / "run.mp4")
     (tmp_path / "taken.ome.tiff").write_bytes(b"x")
     with pytest.raises(FileExistsError):
         CustomWriter(tmp_path / "taken.ome.tiff")
@@ -193,15 +201,17 @@ def test_positions_sharing_a_name_get_files_of_their_own(
     )
     path = tmp_path / "dup.ome.tiff"
     with CustomWriter(path, ring_bytes=64 << 20) as writer:
-        with pytest.warns(UserWarning, match="keyed p<index>"):
-            writer.sequenceStarted(seq, {})
+        writer.sequenceStarted(seq, {})
         for event in seq:
             writer.frameReady(np.full((4, 4), event.index["p"], np.uint16), event, {})
         writer.sequenceFinished(seq)
-    for p in (0, 1):
-        _, shape, data = _series(tmp_path / f"dup_p{p}.ome.tiff")
+    for p, name in ((0, "A"), (1, "A_2")):
+        _, shape, data = _series(tmp_path / f"dup_{name}.ome.tiff")
         assert shape == (2, 4, 4) and (data == p).all()
-    assert sorted(writer.frame_metadatas) == ["p0", "p1"]
+    assert sorted(writer.frame_metadatas) == ["A", "A_2"]
+    # the rename is said, once, in the run's notes and each report
+    assert any("'A' -> 'A_2'" in n for n in writer.notes)
+    assert any("'A' -> 'A_2'" in n for n in writer.reports["A_2"].notes)
 
 
 SCRIPT_WITHOUT_MAIN_GUARD = """
@@ -264,12 +274,12 @@ def test_a_script_without_main_guard_runs_once(tmp_path: Path) -> None:
     ids=["t-c-z-p", "grid-z", "do_stack", "acquire_every"],
 )
 def test_expected_frames_per_file_match_the_events(plan: dict[str, Any]) -> None:
-    from mesowriter.handlers._custom_writer import _positions
+    from mesowriter.handlers._custom_writer import _expected_frames
 
     seq = useq.MDASequence(**plan)
-    key_by_p, expected = _positions(seq)
-    counted: dict[str, int] = {}
+    expected = _expected_frames(seq, max(1, len(seq.stage_positions)))
+    counted: dict[int, int] = {}
     for event in seq:
-        key = key_by_p.get(int(event.index.get("p", 0)), "p0")
-        counted[key] = counted.get(key, 0) + 1
+        p = int(event.index.get("p", 0))
+        counted[p] = counted.get(p, 0) + 1
     assert expected == counted

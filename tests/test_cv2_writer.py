@@ -133,9 +133,11 @@ def test_direct_mode_sidecar_and_bgr_pass_through(
     assert report.sink["codec"] == "MJPG" and not report.sink["fell_back"]
 
     data = json.loads(Path(f"{path}_frame_metadata.json").read_bytes())
-    assert set(data) == {"p0", "subject", "trials", "rois"}
+    # as the legacy finish() wrote it: {"frame_metadatas": {...}, **extra}
+    assert set(data) == {"frame_metadatas", "subject", "trials", "rois"}
     assert (data["subject"], data["trials"], data["rois"]) == ("m1", 3, [1, 2])
-    records = data["p0"]
+    assert list(data["frame_metadatas"]) == ["p0"]
+    records = data["frame_metadatas"]["p0"]
     assert [r["index"] for r in records] == list(range(6))
     assert [r["k"] for r in records] == list(range(6))
     assert all(r["exposure"] == 2.5 for r in records)
@@ -185,7 +187,7 @@ def test_a_refused_frame_leaves_the_rest_of_the_video(
     records = json.loads(
         Path(f"{tmp_path / 'gap.avi'}_frame_metadata.json").read_bytes()
     )
-    assert [r["index"] for r in records["p0"]] == [0, 2, 3, 4, 5, 6]
+    assert [r["index"] for r in records["frame_metadatas"]["p0"]] == [0, 2, 3, 4, 5, 6]
 
 
 def test_16bit_fixed_mapping_through_the_pipeline(
@@ -290,10 +292,10 @@ def test_positions_one_file_each(tmp_path: Path, core: Any) -> None:
         file = tmp_path / f"pos_{key}.mp4"
         assert str(file) in pids
         assert len(_read(file)) == 3
-        own = json.loads(Path(f"{file}_frame_metadata.json").read_bytes())
-        assert len(own[key]) == 3
+        assert not Path(f"{file}_frame_metadata.json").exists()
     combined = json.loads(Path(f"{path}_frame_metadata.json").read_bytes())
     assert sorted(combined) == ["p0", "p1"]
+    assert [len(v) for v in combined.values()] == [3, 3]
     assert not path.exists()
 
 
@@ -374,7 +376,7 @@ def test_dual_stream_democam_tiff_and_pupil_video(tmp_path: Path, core: Any) -> 
     with tifffile.TiffFile(tmp_path / "scope.ome.tiff") as tf:
         assert len(tf.pages) == 20
     side = json.loads((tmp_path / "pupil.avi_frame_metadata.json").read_bytes())
-    assert len(side["p0"]) == n and side["camera"] == "pupil"
+    assert len(side["frame_metadatas"]["p0"]) == n and side["camera"] == "pupil"
 
 
 def test_no_warning_for_available_codec(tmp_path: Path, shared: WriterService) -> None:

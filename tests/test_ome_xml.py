@@ -1,4 +1,4 @@
-"""OME-XML built by mesowriter._ome: schema validity, layout, tifffile, sidecar."""
+"""OME-XML built by the TIFF sink: schema validity, layout, tifffile, sidecar."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 import tifffile
 import useq
 
-from mesowriter._ome import (
+from mesowriter._layout import file_key_for_event
+from mesowriter.sinks._omexml import (
     build_ome_xml,
-    file_key_for_event,
     provisional_ome_xml,
     sidecar_from_ome_xml,
 )
@@ -173,8 +173,8 @@ def test_ctz_order(tmp_path: Path) -> None:
 
 
 def test_incomplete_run_is_a_flat_stack(tmp_path: Path) -> None:
-    metas = run(TCZ)["p0"][:7]
-    xml = build(metas, TCZ, complete=False)
+    metas = run(TCZ)["p0"][:7]  # stops inside the second time point
+    xml = build(metas, TCZ)
     px = pixels(xml)
     assert (px.size_t, px.size_c, px.size_z) == (7, 1, 1)
     assert [p.the_t for p in px.planes] == list(range(7))
@@ -184,13 +184,28 @@ def test_incomplete_run_is_a_flat_stack(tmp_path: Path) -> None:
     assert (axes, shape) == ("TYX", (7, *SHAPE))
     assert list(data[:, 0, 0]) == list(range(7))
     assert sidecar_from_ome_xml(xml)["p0"] == metas
-    # the records alone decide: no hypercube is claimed without all its planes
-    assert pixels(build(metas, TCZ)).size_t == 7
 
 
-def test_complete_false_forces_flat() -> None:
-    metas = run(TCZ)["p0"]
-    assert pixels(build(metas, TCZ, complete=False)).size_t == 12
+def test_whole_time_points_keep_the_hypercube(tmp_path: Path) -> None:
+    # a run canceled (or crashed) between time points keeps T x C x Z and the
+    # channel names, with T as long as the time points written
+    seq = useq.MDASequence(
+        time_plan={"interval": 0.5, "loops": 5},
+        channels=["DAPI", "FITC"],
+        z_plan={"range": 2, "step": 1},
+        axis_order="tpcz",
+    )
+    metas = run(seq)["p0"][:12]
+    xml = build(metas, seq)
+    px = pixels(xml)
+    assert (px.size_t, px.size_c, px.size_z) == (2, 2, 3)
+    assert [c.name for c in px.channels] == ["DAPI", "FITC"]
+    assert '"complete":false' in xml
+    path = tmp_path / "whole.ome.tif"
+    write_tiff(path, xml, 12)
+    axes, shape, data = read_series(path)
+    assert (axes, shape) == ("TCZYX", (2, 2, 3, *SHAPE))
+    assert data[1, 1, 2, 0, 0] == 11
 
 
 def test_no_sequence_and_user_metadata(tmp_path: Path) -> None:

@@ -1,80 +1,170 @@
-"""The frame ring on its own: layout, cursors, metadata, ownership, cleanup."""
+"""The frame ring and the warm pool on their own: layout, cursors, metadata,
+reuse of warm regions, ownership, cleanup."""
 
 from __future__ import annotations
 
 import os
-from multiprocessing import resource_tracker, shared_memory
+import subprocess
+import sys
+import time
+from multiprocessing import shared_memory
 
 import numpy as np
 import pytest
 
-from mesowriter._ring import PAGE, FrameRing, RingLayout, remove_stale_rings
+from mesowriter._pool import RingPool
+from mesowriter._ring import (
+    MAGIC,
+    PAGE,
+    FrameRing,
+    RingLayout,
+    SharedBlock,
+    remove_stale_rings,
+)
 
 
-def _layout(ring_bytes: int = 1 << 20) -> RingLayout:
-    return RingLayout.plan(
-        ring_bytes=ring_bytes,
-        shape=(30, 50),
-        dtype=np.dtype("uint16"),
-        slot_prefix=PAGE,
-    )
+def _layout(shape: tuple[int, ...] = (30, 50), ring_bytes: int = 1 << 20) -> RingLayout:
+    return RingLayout.plan(ring_bytes=ring_bytes, shape=shape, dtype=np.dtype("uint16"))
 
 
-def test_slots_are_page_aligned_and_metadata_round_trips() -> None:
-    ring = FrameRing.create(_layout())
+def _ring_in(block: SharedBlock, layout: RingLayout, offset: int = PAGE) -> FrameRing:
+    import msgspec
+
+    placed = msgspec.structs.replace(layout, block=block.name, offset=offset)
+    return FrameRing.create(placed, block)
+
+
+def test_slots_are_back_to_back_and_metadata_round_trips() -> None:
+    layout = _layout()
+    block = SharedBlock.create(layout.region_bytes + PAGE)
+    ring = _ring_in(block, layout)
     try:
-        assert ring.n_slots >= 2 and ring.stride % PAGE == 0
+        assert ring.n_slots >= 2 and ring.stride == 30 * 50 * 2
+        first = ring.pixels(0).ctypes.data
         for seq in range(ring.n_slots + 3):  # more than one lap
             pixels = ring.pixels(seq)
-            assert pixels.ctypes.data % PAGE == 0
+            # consecutive frames are consecutive bytes: one buffer per batch
+            assert pixels.ctypes.data == first + (seq % ring.n_slots) * ring.stride
             pixels[:] = seq
             assert ring.put_metadata(seq, seq * 10, b'{"seq": %d}' % seq)
             assert ring.get_metadata(seq) == (seq * 10, b'{"seq": %d}' % seq)
         assert not ring.put_metadata(0, 0, b"x" * ring.layout.metadata_bytes)
         span = ring.span(0, 2)
         assert len(span) == 2 * ring.stride
+        assert bytes(span[: ring.stride]) == ring.pixels(0).tobytes()
         with pytest.raises(ValueError, match="wrap"):
             ring.span(ring.n_slots - 1, 2)
-        runs = list(ring.runs(ring.n_slots - 2, ring.n_slots + 3, 1 << 30))
-        assert runs == [(ring.n_slots - 2, 2), (ring.n_slots, 3)]
+        assert ring.run_length(ring.n_slots - 2, ring.n_slots + 3, 1 << 30) == 2
+        assert ring.run_length(0, 100, ring.stride * 3) == 3
         del pixels, span  # views must go before the mapping does
     finally:
         ring.close()
-        ring.unlink()
+        block.destroy()
 
 
-def test_attacher_never_unlinks_and_creator_unlinks_once() -> None:
-    ring = FrameRing.create(_layout())
-    other = FrameRing.attach(ring.layout)
-    ring.write_cursor = 7
-    assert other.write_cursor == 7
-    other.close()
-    other.unlink()  # not the owner: no effect
-    assert os.path.exists(f"/dev/shm/{ring.name}")
-    ring.close()
-    ring.unlink()
-    ring.unlink()  # exactly once: the second is a no-op
-    assert not os.path.exists(f"/dev/shm/{ring.name}")
+def test_received_counter_and_cursors_are_shared_between_mappings() -> None:
+    layout = _layout()
+    block = SharedBlock.create(layout.region_bytes + PAGE)
+    other = SharedBlock.attach(block.name)
+    ring = _ring_in(block, layout)
+    seen = FrameRing.attach(ring.layout, other)
+    try:
+        ring.write_cursor, ring.received = 7, 9
+        seen.read_cursor = 5
+        assert (seen.write_cursor, seen.received, ring.read_cursor) == (7, 9, 5)
+    finally:
+        seen.close()
+        ring.close()
+        other.destroy()  # not the owner: unmaps only
+        assert os.path.exists(f"/dev/shm/{block.name}")
+        block.destroy()
+        block.destroy()  # exactly once: the second is a no-op
+        assert not os.path.exists(f"/dev/shm/{block.name}")
+
+
+def test_a_pool_ring_is_reused_warm_and_laid_out_anew() -> None:
+    seen: list[str] = []
+    pool = RingPool(8 << 20, on_block=lambda b: seen.append(b.name))
+    try:
+        pool.warm()
+        assert len(seen) == 1
+        layout = _layout((64, 64), ring_bytes=4 << 20)
+        got = pool.acquire(layout.region_bytes)
+        assert got is not None
+        region, block = got
+        ring = _ring_in(block, layout, region.offset)
+        ring.write_cursor, ring.read_cursor, ring.received = 11, 11, 12
+        ring.pixels(3)[:] = 4242
+        ring.close()
+        pool.release(region)
+        # the same warm bytes come back for the next stream, with fresh cursors
+        again = pool.acquire(layout.region_bytes)
+        assert again is not None and again[0] == region
+        other = _layout((32, 32), ring_bytes=4 << 20)
+        ring2 = _ring_in(block, other, region.offset)
+        assert (ring2.write_cursor, ring2.read_cursor, ring2.received) == (0, 0, 0)
+        assert ring2.pixels(0).shape == (32, 32)
+        ring2.close()
+        pool.release(again[0])
+        assert len(seen) == 1  # no new block was made
+    finally:
+        pool.close()
+    assert not os.path.exists(f"/dev/shm/{seen[0]}")
+
+
+def test_regions_do_not_overlap_and_extra_blocks_go_when_freed() -> None:
+    pool = RingPool(4 << 20)
+    try:
+        pool.warm()
+        a = pool.acquire(1 << 20)
+        b = pool.acquire(1 << 20)
+        assert a is not None and b is not None
+        ra, rb = a[0], b[0]
+        assert ra.offset + ra.nbytes <= rb.offset or rb.offset + rb.nbytes <= ra.offset
+        assert pool.acquire(8 << 20) is None  # the warm block cannot hold it
+        region, block = pool.create(8 << 20)  # a block of its own (slow path)
+        name = block.name
+        assert os.path.exists(f"/dev/shm/{name}")
+        gone = pool.release(region)
+        assert gone is not None and gone.name == name
+        assert not os.path.exists(f"/dev/shm/{name}")
+        pool.release(ra)
+        pool.release(rb)
+        assert pool.free_bytes() == 4 << 20  # merged back into one range
+    finally:
+        pool.close()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
 def test_stale_rings_are_removed_live_ones_kept() -> None:
-    live = FrameRing.create(_layout())
-    stale = FrameRing.create(_layout())
-    name = stale.name
+    live = SharedBlock.create(PAGE * 4)
     # what a SIGKILL of the whole process group leaves: a block nobody maps,
     # no tracker left to remove it
-    resource_tracker.unregister(f"/{name}", "shared_memory")
-    stale.close()
+    code = (
+        "from mesowriter._ring import SharedBlock\n"
+        "from multiprocessing import resource_tracker\n"
+        "b = SharedBlock.create(4 * 4096)\n"
+        "resource_tracker.unregister('/' + b.name, 'shared_memory')\n"
+        "print(b.name, flush=True)\n"
+        "b.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    stale = out.stdout.strip()
     plain = shared_memory.SharedMemory(create=True, size=PAGE)  # not a ring
     try:
-        removed = remove_stale_rings()
-        assert name in removed
-        assert not os.path.exists(f"/dev/shm/{name}")
+        with open(f"/dev/shm/{stale}", "rb") as fh:
+            assert int.from_bytes(fh.read(8), "little") == MAGIC
+        deadline = time.monotonic() + 5
+        removed: list[str] = []
+        while stale not in removed and time.monotonic() < deadline:
+            removed += remove_stale_rings()
+        assert stale in removed
+        assert not os.path.exists(f"/dev/shm/{stale}")
         assert os.path.exists(f"/dev/shm/{live.name}")
         assert os.path.exists(f"/dev/shm/{plain.name}")
     finally:
-        live.close()
-        live.unlink()
+        live.destroy()
         plain.close()
         plain.unlink()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mesowriter._spec import StreamSpec, VideoOptions
-from mesowriter.sinks._base import FrameBatch, SlotFrame
+from mesowriter.sinks._base import FrameBatch, ResumeState, SlotFrame
 from mesowriter.sinks._video import VideoResumeError, VideoSink
 from mesowriter.video import (
     CodecFallbackWarning,
@@ -35,7 +35,7 @@ def _batch(frames: list[np.ndarray], start: int = 0) -> FrameBatch:
         view = f.view()
         view.setflags(write=False)  # ring views are read-only
         slots.append(SlotFrame(index=start + i, pixels=view, metadata=b"{}"))
-    return FrameBatch(frames=slots, span=memoryview(b""), prefixes=[], slot_stride=0)
+    return FrameBatch(frames=slots, span=memoryview(b""), slot_stride=0)
 
 
 def _spec(path: Path, frame: np.ndarray, **opts: Any) -> StreamSpec:
@@ -54,7 +54,8 @@ def _write(path: Path, frames: list[np.ndarray], **opts: Any) -> dict[str, Any]:
     VideoSink.check(sink.spec)
     sink.open()
     try:
-        assert sink.write(_batch(frames)) == sum(f.nbytes for f in frames)
+        sink.submit(_batch(frames))
+        assert sink.collect() == list(range(len(frames)))  # encoded = committed
     finally:
         report = sink.close("done")
     return report
@@ -233,7 +234,9 @@ def test_existing_file_and_resume_are_refused(tmp_path: Path) -> None:
         VideoSink(_spec(tmp_path / "e.avi", frame, fourcc="MJPG")).open()
     assert (tmp_path / "e.avi").read_bytes() == b"keep"
     with pytest.raises(VideoResumeError):
-        VideoSink(_spec(tmp_path / "r.avi", frame, fourcc="MJPG")).open(resume_from=5)
+        VideoSink(_spec(tmp_path / "r.avi", frame, fourcc="MJPG")).open(
+            ResumeState(5)
+        )
 
 
 def test_bad_frame_raises_not_skipped(tmp_path: Path) -> None:

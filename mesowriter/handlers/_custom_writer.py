@@ -96,7 +96,7 @@ class CustomWriter:
     # The least ring a file gets (a share of ring_bytes, split between files),
     # so that it always holds a few frames.
     _min_ring_bytes = 64 * 1024 * 1024
-    _kind = "ome-tiff"
+    _kind = "ome-tiff"  # the sink kind this writer's file names must select
 
     def __init__(
         self,
@@ -422,9 +422,10 @@ class CustomWriter:
         self._lost = {}
         self._refused = set()
 
-    def _sidecar_spec(self) -> SidecarSpec:
+    def _sidecar_spec(self, layout: str = "positions") -> SidecarSpec:
         return SidecarSpec(
             path=self._frame_metadata_filename,
+            layout=layout,
             members=tuple((f.key, f.path) for f in self._files.values()),
         )
 
@@ -438,9 +439,10 @@ class CustomWriter:
         dtype: Any,
         *,
         kind: str,
+        sidecar_layout: str = "positions",
         **options: Any,
     ) -> Stream:
-        """Open the stream of file `f`, its share of the ring, and keep it."""
+        """Open the stream of file `f`, with its share of the ring."""
         n_files = max(1, len(self._files))
         return self._service.open_stream(
             f.path,
@@ -456,7 +458,7 @@ class CustomWriter:
             direct_io=self._direct_io,
             sequence=self._sequence_json,
             summary=self._summary,
-            sidecar=self._sidecar_spec(),
+            sidecar=self._sidecar_spec(sidecar_layout),
             notes=tuple(self.notes),
             **options,
         )

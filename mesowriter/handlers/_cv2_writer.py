@@ -43,7 +43,7 @@ from mesowriter._report import StreamReport
 from mesowriter._service import WriterService
 from mesowriter._spec import VideoOptions
 from mesowriter._stream import Stream
-from mesowriter.handlers._custom_writer import CustomWriter
+from mesowriter.handlers._custom_writer import CustomWriter, _File
 from mesowriter.sinks._video import stores_raw_16bit
 from mesowriter.video import check_video_request, choose_codec
 
@@ -166,15 +166,14 @@ class CV2Writer(CustomWriter):
         finally:
             self._core = None
 
-    def _open(self, key: str, shape: tuple[int, ...], dtype: Any) -> Stream:
+    def _open(self, f: _File, shape: tuple[int, ...], dtype: Any) -> Stream:
         shape = tuple(int(s) for s in shape)
         return self._open_video(
-            key,
+            f,
             shape,
             np.dtype(dtype),
             is_color=len(shape) == 3,
             color_order="RGB",  # pymmcore-plus delivers RGB
-            frames=self._expected.get(key),
         )
 
     def _camera_bit_depth(self) -> int | None:
@@ -217,13 +216,12 @@ class CV2Writer(CustomWriter):
                 "pass overwrite=True to replace it"
             )
         self._reset()
-        self._multi = False
-        self._expected = {}
+        self._files = {_DIRECT_KEY: _File(_DIRECT_KEY, self.filename, 0, None, None)}
         self._direct = (int(height), int(width), bool(is_color))
         self._direct_count = 0
         if dtype is not None:
             shape = (int(height), int(width)) + ((3,) if is_color else ())
-            self._open_direct(shape, np.dtype(dtype))
+            self._streams[_DIRECT_KEY] = self._open_direct(shape, np.dtype(dtype))
 
     def add_frame(
         self, frame: np.ndarray, metadata: Mapping[str, Any] | None = None
@@ -239,7 +237,9 @@ class CV2Writer(CustomWriter):
             raise RuntimeError("CV2Writer.add_frame called before begin()")
         stream = self._streams.get(_DIRECT_KEY)
         if stream is None:
-            stream = self._open_direct(tuple(frame.shape), frame.dtype)
+            stream = self._streams[_DIRECT_KEY] = self._open_direct(
+                tuple(frame.shape), frame.dtype
+            )
         record: dict[str, Any] = {"index": self._direct_count, "timestamp": time.time()}
         if metadata:
             record.update(metadata)
@@ -249,15 +249,16 @@ class CV2Writer(CustomWriter):
     def finish(self, extra_metadata: Mapping[str, Any] | None = None) -> StreamReport:
         """Finalise the video and its sidecar; return the stream report.
 
-        The sidecar is `{"p0": [per-frame records], **extra_metadata}`, the
-        legacy layout (extra keys at the top level). Raises WriterError if
-        the stream failed or any frame was not written.
+        The sidecar is `{"frame_metadatas": {"p0": [per-frame records]},
+        **extra_metadata}`, as the legacy `finish()` wrote it (extra keys at
+        the top level). Raises WriterError if the stream failed or any frame
+        was not written.
         """
         if self._direct is None:
             raise RuntimeError("CV2Writer.finish called before begin()")
         extra = _plain(extra_metadata) if extra_metadata else None
-        if extra and _DIRECT_KEY in extra:
-            raise ValueError(f"extra_metadata may not use the key {_DIRECT_KEY!r}")
+        if extra and "frame_metadatas" in extra:
+            raise ValueError("extra_metadata may not use the key 'frame_metadatas'")
         stream = self._streams.get(_DIRECT_KEY)
         if stream is None:  # no frame came: still leave a (empty) video + sidecar
             height, width, colour = self._direct
@@ -269,11 +270,7 @@ class CV2Writer(CustomWriter):
             "completed", check=False, extra_metadata=dict(extra) if extra else None
         )
         self.reports[_DIRECT_KEY] = report
-        records: list[dict[str, Any]] = []
-        if report.sidecar and os.path.exists(report.sidecar):
-            with open(report.sidecar, "rb") as fh:
-                records = json.load(fh).get(_DIRECT_KEY, [])
-        self.frame_metadatas = {_DIRECT_KEY: records}
+        self._frame_metadatas = None  # read from the sidecar when asked for
         problems = report.problems()
         if problems:
             self.error = WriterError(f"{report.path}: {'; '.join(problems)}")
@@ -294,19 +291,24 @@ class CV2Writer(CustomWriter):
                 "is_color=True or gray frames"
             )
         return self._open_video(
-            _DIRECT_KEY, shape, dtype, is_color=colour, color_order="BGR"
+            self._files[_DIRECT_KEY],
+            shape,
+            dtype,
+            is_color=colour,
+            color_order="BGR",
+            sidecar_layout="frame_metadatas",
         )
 
     # -- shared ---------------------------------------------------------------------
     def _open_video(
         self,
-        key: str,
+        f: _File,
         shape: tuple[int, ...],
         dtype: np.dtype[Any],
         *,
         is_color: bool,
         color_order: str,
-        frames: int | None = None,
+        sidecar_layout: str = "positions",
     ) -> Stream:
         video = self._video
         bit_depth = video.bit_depth
@@ -325,7 +327,7 @@ class CV2Writer(CustomWriter):
             video, is_color=is_color, bit_depth=bit_depth, color_order=color_order
         )
         return self._open_file(
-            key, shape, dtype, kind="video", frames=frames, video=opts
+            f, shape, dtype, kind="video", video=opts, sidecar_layout=sidecar_layout
         )
 
 

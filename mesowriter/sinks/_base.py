@@ -156,9 +156,6 @@ class Sink(abc.ABC):
     def on_io(self, callback: Callable[[Any], None]) -> None:  # noqa: B027
         """Have `callback` called whenever a write finishes."""
 
-    def settle(self) -> None:  # noqa: B027 - optional hook
-        """The worker caught up: make everything readable by other programs."""
-
     @abc.abstractmethod
     def close(
         self, reason: str, records: Iterator[tuple[int, bytes]] | None = None

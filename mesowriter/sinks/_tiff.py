@@ -19,7 +19,8 @@ The durable order of one commit (a group of completed batches)::
     commit:  1. sync                 pixels and IFDs of the group durable
              2. link the IFDs        chain extends over the group
              3. header block         committed = n (checksummed sector)
-             4. description          declares what the previous sync linked
+                sync                 links and block durable
+             4. description          declares the linked frames
              (the journal lines follow, then their own sync: see the worker)
 
 So at any instant of a cut the chain, the block, the description and the
@@ -522,16 +523,10 @@ class TiffSink(Sink):
             self._link(max(old_prefix - 1, 0), st.prefix)
             if old_prefix == 0:
                 self._write_header_pointer()
-        self._write_block("writing")  # 3.
-        self._write_description(old_prefix)  # 4. what the sync above linked
+        self._write_block("writing")  # 3. committed = n
+        f.sync()  # the links and the block durable
+        self._write_description(st.prefix)  # 4. readers see them
         return positions
-
-    def settle(self) -> None:
-        """Caught up: make the links durable and declare every linked frame."""
-        if self.file is None or self.state.declared >= self.state.prefix:
-            return
-        self.file.sync()
-        self._write_description(self.state.prefix)
 
     def _mark(self, pos: int) -> None:
         st = self.state

@@ -146,6 +146,12 @@ class VideoSink(SynchronousSink):
         )
         return msgspec.structs.replace(spec, video=pinned)
 
+    @classmethod
+    def inspect(cls, path: str) -> dict[str, Any]:
+        from mesowriter._inspect import inspect_video
+
+        return inspect_video(path)
+
     def open(self, resume: ResumeState | None = None) -> None:
         if resume is not None:
             raise VideoResumeError(
