@@ -295,7 +295,7 @@ def test_good_files_still_inspect(good: dict[str, Path]) -> None:
 def test_forged_imagej_plane_count(good: dict[str, Path], tmp_path: Path) -> None:
     data = good["imagej"].read_bytes()
     counts = b"images=4\nframes=4\n"
-    at = data.index(counts)
+    at = data.rindex(counts)  # the final description (the provisional one is stale)
     for forged_counts, expect in (
         (b"images=999\nfr=444\n", "declares 999 planes"),  # same length
         (b"images=9999999999\n", "declares 9999999999 planes"),
