@@ -157,21 +157,76 @@ def _print_stress(name: str, res: dict[str, Any]) -> None:
     )
 
 
-def _failed(args: argparse.Namespace, verb: str, exc: Exception) -> int:
-    """Say why `verb` failed on args.path (JSON on stdout with --json); exit 1."""
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+_EXIT_CODES = """exit codes (inspect, recover):
+  0  done
+  1  the input was read, but the command could not finish: an output
+     exists or cannot be written, nothing to recover (no frame on disk,
+     journal gone)
+  2  bad input: no such file, a folder, an empty or malformed file, a file
+     that claims more than it holds (sizes, tag counts, planes), XML with a
+     DOCTYPE; one line on stderr names the file and the problem (JSON on
+     stdout with --json); MESOWRITER_TRACEBACK=1 shows the traceback"""
+
+
+def _failed(args: argparse.Namespace, verb: str, exc: BaseException) -> int:
+    """Say in one line why `verb` failed on args.path; return the exit code.
+
+    JSON on stdout with --json. Bad input (exit 2) is anything the file's
+    content caused: BadFileError from the checks, and any other exception
+    raised while reading it (IndexError, struct.error, a parse error, ...),
+    since a malformed file must never end in a traceback. Exit 1 is for
+    failures not caused by the input (an output that exists or cannot be
+    written, nothing to recover).
+    """
+    import os
+
+    from mesowriter._untrusted import BadFileError
+
+    if isinstance(exc, BadFileError):
+        code, message = EXIT_BAD_INPUT, str(exc)
+    elif isinstance(exc, OSError) or type(exc).__name__ == "RecoverError":
+        code, message = EXIT_FAILED, str(exc)  # the input was checked first
+    else:  # something in the file broke a reader: still one line
+        code = EXIT_BAD_INPUT
+        message = f"{args.path}: malformed file ({type(exc).__name__}: {exc})"
+    message = " ".join(message.split())[:2000]  # one line, whatever it held
+    if args.path not in message:
+        message = f"{args.path}: {message}"
+    if os.environ.get("MESOWRITER_TRACEBACK"):
+        import traceback
+
+        traceback.print_exception(exc)
     if args.json:
-        print(json.dumps({"path": args.path, "error": str(exc)}))
+        print(json.dumps({"path": args.path, "error": message, "exit": code}))
     else:
-        print(f"cannot {verb}: {exc}", file=sys.stderr)
-    return 1
+        print(f"cannot {verb}: {message}", file=sys.stderr)
+    return code
+
+
+def _check_recover_input(path: str) -> None:
+    """What `recover` needs checked before it touches anything: a regular
+    file that is a TIFF, and (if there is one) a journal header that could be
+    real. The IFD chain is walked without `strict`: a crash may leave a
+    broken tail, which recover cuts; its valid prefix is what counts."""
+    import os
+
+    from mesowriter._spec import journal_path
+    from mesowriter._untrusted import read_journal_header, read_tiff
+
+    read_tiff(path, strict=False)
+    journal = journal_path(path)
+    if os.path.exists(journal):
+        read_journal_header(journal)
 
 
 def _recover(args: argparse.Namespace) -> int:
     from mesowriter._recover import recover
 
     try:
+        _check_recover_input(args.path)
         result = recover(args.path, overwrite_sidecar=not args.keep_sidecar)
-    except (ValueError, OSError) as exc:  # RecoverError is a ValueError
+    except Exception as exc:
         return _failed(args, "recover", exc)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))
@@ -193,14 +248,16 @@ def _recover(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     """Print a file's summary; with --sidecar, rebuild its sidecar from the XML."""
     from mesowriter._inspect import export_sidecar, inspect_file
+    from mesowriter._untrusted import check_input_file
 
     try:
+        check_input_file(args.path)
         info = inspect_file(args.path)
         if args.sidecar:
             data = export_sidecar(args.path, args.sidecar, overwrite=args.overwrite)
             info["sidecar_exported"] = args.sidecar
             info["sidecar_frames"] = sum(len(v) for v in data.values())
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         return _failed(args, "inspect", exc)
     if args.json:
         print(json.dumps(info))
@@ -273,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     rec = sub.add_parser(
-        "recover", help="finalise an OME-TIFF left by a dead acquisition"
+        "recover",
+        help="finalise an OME-TIFF left by a dead acquisition",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rec.add_argument("path", help="the data file (its journal lies beside it)")
     rec.add_argument(
@@ -283,7 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=_recover)
-    ins = sub.add_parser("inspect", help="summarise an OME-TIFF or video file")
+    ins = sub.add_parser(
+        "inspect",
+        help="summarise an OME-TIFF or video file",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ins.add_argument("path", help="the data file")
     ins.add_argument(
         "--sidecar", metavar="OUT", help="rebuild the sidecar from the OME-XML alone"

@@ -559,3 +559,21 @@ def test_numpy_trial_numbers_in_event_metadata_reach_the_sidecar(
     sidecar = json.loads(Path(f"{path}_frame_metadata.json").read_text())
     trials = [m["mda_event"]["metadata"]["trial"] for m in sidecar["p0"]]
     assert trials == [0, 1, 2, 3, 4]
+
+
+# NaN tokens are not JSON to strict parsers: the journal must keep the record
+# (it parses records by their prefix), so no frame after a NaN is lost.
+def test_nan_metadata_through_the_writer_keeps_every_frame(tmp_path: Path) -> None:
+    from mesowriter import WriterService
+
+    path = tmp_path / "nan.ome.tiff"
+    with WriterService(ring_bytes=8 << 20, workers=1) as svc:
+        stream = svc.open_stream(path, shape=(8, 8), dtype="uint16", frames=4)
+        for i in range(4):
+            value = math.nan if i == 1 else float(i)
+            stream.write(np.full((8, 8), i, np.uint16), {"i": i, "v": value})
+        report = stream.close(check=False)
+    sidecar = json.loads(Path(f"{path}_frame_metadata.json").read_text())
+    assert [m["i"] for m in sidecar["p0"]] == [0, 1, 2, 3]
+    assert math.isnan(sidecar["p0"][1]["v"])
+    assert report.frames_written == 4 and report.frames_dropped == 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from mesowriter._annotation import AnnotationWriter, read_annotation
 from mesowriter._layout import Layout, Plane, flat_layout, hypercube_layout
-from mesowriter._untrusted_xml import parse_xml
+from mesowriter._untrusted import parse_xml
 
 __all__ = [
     "FRAME_METADATA_NS",
@@ -166,7 +166,7 @@ def sidecar_from_ome_xml(xml: str) -> dict[str, list[Any]]:
     malformed.
     """
     text = None
-    for el in parse_xml(xml).iter(f"{_O}CommentAnnotation"):
+    for el in parse_xml(xml, source="the OME-XML").iter(f"{_O}CommentAnnotation"):
         if el.get("Namespace") == FRAME_METADATA_NS:
             value = el.find(f"{_O}Value")
             text = "" if value is None else value.text or ""
@@ -210,7 +210,7 @@ def planes_declared(xml: str) -> int:
     allowed) or declares nonsense.
     """
     total = 0
-    for px in parse_xml(xml.rstrip("\x00")).iter(f"{_O}Pixels"):
+    for px in parse_xml(xml, source="the OME-XML").iter(f"{_O}Pixels"):
         if px.find(f"{_O}MetadataOnly") is None:
             total += pixels_planes(px)
     return total

@@ -26,6 +26,7 @@ import msgspec
 import numpy as np
 
 from mesowriter._journal import MISSING_METADATA, read_header, scan, write_group_sidecar
+from mesowriter._untrusted import read_journal_header
 from mesowriter._platform import FileLockedError, atomic_write, probe_lock, unlink
 from mesowriter._report import FinishReason, StreamReport, dropped_from
 from mesowriter._spec import SidecarSpec, StreamSpec, journal_path, report_path
@@ -33,13 +34,11 @@ from mesowriter.sinks._base import ResumeState
 from mesowriter.sinks._tiff import TiffSink
 from mesowriter.sinks._tiff_format import (
     PAGE,
-    WRITABLE_DTYPES,
     HeaderBlock,
     newest_block,
     read_header as read_tiff_header,
 )
 
-MAX_DIM = 1 << 20
 
 
 def recover_tiff(path: str, *, overwrite_sidecar: bool = True) -> Any:
@@ -68,8 +67,8 @@ def recover_tiff(path: str, *, overwrite_sidecar: bool = True) -> Any:
         if os.path.islink(jpath):
             raise RecoverError(f"{jpath} is a symbolic link; not following it")
         try:
-            header, records, _ = scan(jpath)
-            spec = _checked_spec(header.spec, jpath)
+            spec = read_journal_header(jpath).spec  # every number checked
+            _, records, _ = scan(jpath)
         except ValueError as exc:
             notes.append(f"journal not usable: {exc}")
             records = []
@@ -159,26 +158,6 @@ def recover_tiff(path: str, *, overwrite_sidecar: bool = True) -> Any:
         report=report,
         notes=notes,
     )
-
-
-def _checked_spec(spec: StreamSpec, where: str) -> StreamSpec:
-    """A journal's spec, refused unless every number in it is sane."""
-    shape = tuple(spec.shape)
-    try:
-        dt = np.dtype(spec.dtype)
-    except TypeError:
-        raise ValueError(f"{where}: dtype {spec.dtype!r} is not a dtype") from None
-    if (
-        len(shape) not in (2, 3)
-        or not all(0 < int(s) <= MAX_DIM for s in shape)
-        or (len(shape) == 3 and shape[2] != 3)
-    ):
-        raise ValueError(f"{where}: implausible frame shape {shape}")
-    if dt.str[1:] not in WRITABLE_DTYPES:
-        raise ValueError(f"{where}: dtype {dt} is not a TIFF pixel type")
-    if spec.frames is not None and not 0 <= spec.frames < 1 << 40:
-        raise ValueError(f"{where}: implausible frame count {spec.frames}")
-    return spec
 
 
 def _spec_from_block(path: str, block: HeaderBlock) -> StreamSpec:
