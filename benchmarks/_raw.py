@@ -161,7 +161,7 @@ def raw_odirect_write(
                     f.result()
         t_write = time.perf_counter() - t0
         if padded_total != total_bytes:
-            os.ftruncate(fd, total_bytes)
+            os.ftruncate(fd, max(total_bytes, prealloc_bytes or 0))
         os.fsync(fd)
         seconds = time.perf_counter() - t0
     except OSError as e:

@@ -600,31 +600,34 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             None if args.no_fio or fio_path() is None else args.fio_depth,
         )
         results["fio"] = _fio_note(args)
-        if producer is not None and only & {"a", "f"}:
-            a = _section(
-                "a mesowriter vs raw configurations",
-                results,
-                lambda: bench_ceiling(producer, refs, args),
-            )
-            if a:
-                results["a"] = a
-                results["f"] = memory_of_worst_round(a)
-        if producer is not None and "depth" in only:
-            dep = _section(
-                "depth write_depth sweep",
-                results,
-                lambda: bench_depths(producer, refs, args),
-            )
-            if dep:
-                results["depth"] = dep
-        if producer is not None and "h" in only:
-            h = _section(
-                "h pipeline ceiling (discard sink)",
-                results,
-                lambda: bench_pipeline(producer, args, args.ring_mib * MIB),
-            )
-            if h:
-                results["h"] = h
+        if producer is not None:
+            prod = producer  # narrowed, for the closures below
+            planned: list[tuple[str, str, bool, Callable[[], Any]]] = [
+                (
+                    "a",
+                    "a mesowriter vs raw configurations",
+                    bool(only & {"a", "f"}),
+                    lambda: bench_ceiling(prod, refs, args),
+                ),
+                (
+                    "depth",
+                    "depth write_depth sweep",
+                    "depth" in only,
+                    lambda: bench_depths(prod, refs, args),
+                ),
+                (
+                    "h",
+                    "h pipeline ceiling (discard sink)",
+                    "h" in only,
+                    lambda: bench_pipeline(prod, args, args.ring_mib * MIB),
+                ),
+            ]
+            for key, title, wanted, fn in planned:
+                value = _section(title, results, fn) if wanted else None
+                if value:
+                    results[key] = value
+            if "a" in results:
+                results["f"] = memory_of_worst_round(results["a"])
         if "d" in only:
             disk = (results.get("a", {}).get("raw_gbps") or 1.0) * 1e9
             fps = min(100.0, 0.5 * disk / frame_nbytes)

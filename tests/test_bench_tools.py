@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # plain `pytest` too
 
+from benchmarks import _rounds as rounds
 from benchmarks import peers, plots, suite
 from benchmarks._raw import (
     ODirectUnsupportedError,
@@ -26,14 +27,6 @@ from benchmarks._raw import (
     fio_path,
     fio_write,
     raw_odirect_write,
-)
-from benchmarks._rounds import (
-    best_reference,
-    ratios,
-    run_rounds,
-    schedule,
-    spread,
-    versus_best,
 )
 from benchmarks._sampling import MemorySampler, read_meminfo
 
@@ -155,7 +148,7 @@ def test_plots_write_pngs(tmp: Path) -> None:
 # -- alternating rounds, medians, spreads, best of raw --------------------------------
 def test_schedule_alternates_references_then_subjects() -> None:
     refs, subs = ["x1", "x4", "fio"], ["meso", "odd"]
-    plan = schedule(3, refs, subs)
+    plan = rounds.schedule(3, refs, subs)
     assert len(plan) == 3
     for row in plan:
         assert sorted(row[:3]) == sorted(refs) and sorted(row[3:]) == sorted(subs)
@@ -163,14 +156,14 @@ def test_schedule_alternates_references_then_subjects() -> None:
     assert len({row[0] for row in plan}) == 3
     assert {row[3] for row in plan} == set(subs)
     with pytest.raises(ValueError):
-        schedule(0, refs, subs)
+        rounds.schedule(0, refs, subs)
 
 
 def test_spread_median_min_max_skip_failed_runs() -> None:
-    s = spread([2.0, None, 4.0, 3.0])
+    s = rounds.spread([2.0, None, 4.0, 3.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 3)
     assert s["values"] == [2.0, None, 4.0, 3.0]
-    empty = spread([None, None])
+    empty = rounds.spread([None, None])
     assert empty["median"] is None and empty["n"] == 0
 
 
@@ -180,16 +173,16 @@ def test_ratio_is_per_round_against_the_best_median() -> None:
         "x8": [3.0, 2.0, 2.5],  # best median (2.5), though not best every round
         "fio": [2.4, 2.4, None],
     }
-    assert best_reference(raws) == "x8"
+    assert rounds.best_reference(raws) == "x8"
     meso = [2.7, 1.9, None]
-    v = versus_best(meso, raws)
+    v = rounds.versus_best(meso, raws)
     assert v["best"] == "x8"
     assert v["ratios"] == pytest.approx([0.9, 0.95, None])  # type: ignore[list-item]
     assert v["ratio"]["median"] == pytest.approx(0.925)
     assert v["ratio"]["min"] == pytest.approx(0.9)
-    assert ratios([1.0], [0.0]) == [None]
+    assert rounds.ratios([1.0], [0.0]) == [None]
     with pytest.raises(ValueError):
-        ratios([1.0], [1.0, 2.0])
+        rounds.ratios([1.0], [1.0, 2.0])
 
 
 def test_run_rounds_keeps_going_past_a_failed_run() -> None:
@@ -206,8 +199,8 @@ def test_run_rounds_keeps_going_past_a_failed_run() -> None:
         calls.append("fio")
         raise RuntimeError("io_uring refused")
 
-    plan = schedule(2, ["x1", "fio"], ["meso"])
-    runs, failures = run_rounds(
+    plan = rounds.schedule(2, ["x1", "fio"], ["meso"])
+    runs, failures = rounds.run_rounds(
         plan, {"x1": ok("x1", 1.0), "fio": broken, "meso": ok("meso", 2.0)}
     )
     assert calls == [n for row in plan for n in row]
@@ -248,8 +241,11 @@ def test_fio_reference_writes_whole_blocks(tmp: Path) -> None:
 
 
 def test_plot_points_and_rounds(tmp: Path) -> None:
-    rows = [("mesowriter", spread([2.0, 2.5, 2.2])), ("peer", spread([0.5]))]
-    refs = {"x1": spread([1.5, 1.8, 1.7]), "x8": spread([2.4, 2.6, 2.8])}
+    rows = [
+        ("mesowriter", rounds.spread([2.0, 2.5, 2.2])),
+        ("peer", rounds.spread([0.5])),
+    ]
+    refs = {"x1": rounds.spread([1.5, 1.8, 1.7]), "x8": rounds.spread([2.4, 2.6, 2.8])}
     series = [[(0.1 * i, 2e9 + 1e8 * (i % 3)) for i in range(30)]] * 2
     paths = [
         plots.plot_points(rows, tmp / "points.png", references=refs, best="x8"),
