@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "peer_traces",
     "plot_dirty_pages",
     "plot_peer_results",
+    "plot_points",
+    "plot_rate_rounds",
     "plot_ring_fill",
     "plot_series",
     "plot_throughput",
@@ -74,6 +77,119 @@ def plot_series(
     ax.grid(True, alpha=0.3)
     if any(series.values()):
         ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_points(
+    rows: Sequence[tuple[str, Mapping[str, Any]]],
+    path: str | os.PathLike[str],
+    *,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
+    best: str | None = None,
+    title: str = "",
+    xlabel: str = "GB/s: point = median, bar = min-max over rounds",
+) -> Path:
+    """One row per writer: its median as a point, its min-max as a bar.
+
+    ``rows`` are ``(label, spread)`` with ``spread`` as made by
+    ``benchmarks._rounds.spread`` (``median``, ``min``, ``max``, ``n``).
+    ``references`` (the raw configurations) are vertical lines at their
+    medians; the ``best`` one is solid, with its min-max shaded, because it
+    is the one the writers are held to. A mean over a whole run reads at a
+    glance here, where a time series of runs of different lengths does not.
+    """
+    shown = [(label, s) for label, s in rows if s.get("median") is not None]
+    fig = Figure(figsize=(9, 1.4 + 0.45 * max(len(shown), 2)), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (_label, s) in enumerate(shown):
+        med = float(s["median"])
+        lo, hi = float(s["min"]), float(s["max"])
+        ax.errorbar(
+            [med],
+            [i],
+            xerr=[[med - lo], [hi - med]],
+            fmt="o",
+            color="C0",
+            capsize=4,
+        )
+        ax.annotate(
+            f"{med:.2f} ({lo:.2f}-{hi:.2f}), n={s['n']}",
+            (hi, i),
+            textcoords="offset points",
+            xytext=(6, -3),
+            fontsize=8,
+        )
+    ax.set_yticks(range(len(shown)), [label for label, _ in shown])
+    for name, s in (references or {}).items():
+        if s.get("median") is None:
+            continue
+        med = float(s["median"])
+        is_best = name == best
+        ax.axvline(
+            med,
+            color="C3" if is_best else "grey",
+            linestyle="-" if is_best else "--",
+            linewidth=1.5 if is_best else 0.9,
+            label=f"{name}{' (best)' if is_best else ''}: {med:.2f}",
+        )
+        if is_best:
+            ax.axvspan(float(s["min"]), float(s["max"]), color="C3", alpha=0.08)
+    if references:
+        ax.legend(
+            title="raw, median",
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            fontsize=8,
+            title_fontsize=8,
+        )
+    ax.set_xlim(left=0)
+    ax.set_ylim(len(shown) - 0.5, -0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_rate_rounds(
+    groups: Mapping[str, Sequence[Series]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    ylabel: str = "GB/s",
+    scale: float = 1e9,
+    hlines: Mapping[str, float] | None = None,
+) -> Path:
+    """Rates over time, every round of each writer in that writer's colour,
+    all from t = 0 (the first write) on one time axis, so runs of the same
+    bytes compare in length as well as in height; ``hlines``: labelled
+    levels (a reference that has no time series, such as fio's median)."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for c, (label, rounds) in enumerate(groups.items()):
+        for r, pts in enumerate(rounds):
+            if not pts:
+                continue
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] / scale for p in pts],
+                color=f"C{c}",
+                alpha=0.9 if r == 0 else 0.45,
+                label=label if r == 0 else None,
+            )
+    for label, y in (hlines or {}).items():
+        ax.axhline(y / scale, color="grey", linestyle="--", linewidth=1, label=label)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("time since the first write (s)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if hlines or any(any(r) for r in groups.values()):
+        ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -85,26 +201,22 @@ def rate_from_cumulative(
 ) -> list[tuple[float, float]]:
     """Turn cumulative ``(t, total)`` points into ``(t, rate)`` over ``window`` s.
 
-    A trailing window, not point-to-point differences, so 50 ms sampling
-    jitter does not turn into spikes; points before one full window has
-    passed are left out (a burst into a queue in the first milliseconds
-    would otherwise read as hundreds of GB/s).
+    A trailing window, the total at its start interpolated, not
+    point-to-point differences: 50 ms sampling jitter, or requests that
+    complete in a bunch, would otherwise turn into spikes. Points before one
+    full window has passed are left out (a burst into a queue in the first
+    milliseconds would otherwise read as hundreds of GB/s).
     """
     pts = sorted(points)
-    out: list[tuple[float, float]] = []
     if not pts:
-        return out
-    start = pts[0][0]
-    j = 0
-    for t, v in pts:
-        if t - start < window:
-            continue
-        while j < len(pts) - 1 and pts[j][0] < t - window:
-            j += 1
-        t0, v0 = pts[j]
-        if t > t0:
-            out.append((t, (v - v0) / (t - t0)))
-    return out
+        return []
+    ts = np.array([p[0] for p in pts], dtype=float)
+    vs = np.array([p[1] for p in pts], dtype=float)
+    return [
+        (t, (v - float(np.interp(t - window, ts, vs))) / window)
+        for t, v in pts
+        if t - pts[0][0] >= window
+    ]
 
 
 def rate_from_events(

@@ -2,11 +2,15 @@
 
 Sections (see README "Benchmarks"):
 
-a. sustained end-to-end GB/s: a producer process (synthetic camera, frames
-   as fast as the writer takes them, policy "block") through a WriterService
-   to a durable file (O_DIRECT, fsync at close), timed from the first
-   `Stream.write` to `Stream.close()` returning; against a raw O_DIRECT
-   write of the same bytes into the same folder, before and after.
+a. sustained end-to-end GB/s: a producer process (synthetic frames as fast
+   as the writer takes them, policy "block") through a WriterService to a
+   durable file (O_DIRECT, synced at close), timed from the first
+   `Stream.write` to `Stream.close()` returning; against the best of several
+   raw configurations of the same bytes and file size in the same folder
+   (O_DIRECT pwrite of 64 MiB requests, 1 and several in flight; fio with
+   io_uring when installed), in alternating rounds (raw configurations, then
+   mesowriter, `--rounds` times): median and min-max of each, and of the
+   per-round ratio. Also a frame size off the 4096-byte grid (1000x1000).
 b. the same frames through pymmcore-plus OMETiffWriter, ome-writers and plain
    tifffile, durable (fsync'd), as ratios mesowriter / peer.
 c. the DemoCamera through pymmcore-plus: highest drop-free burst rate with
@@ -24,6 +28,12 @@ f. memory: peak RSS of every process and peak dirty page cache in (a), (b).
 g. finalisation at scale: close() of a 100 000-frame stream with realistic
    per-frame metadata (OME-XML planes + annotation, sidecar): seconds and
    memory added in the writer process.
+h. the pipeline ceiling: ring + writer process with a sink that keeps
+   nothing ("discard"), against a bare copy of the same frames into
+   ring-sized ordinary and shared memory, alternating rounds, per frame size;
+   `Stream.write`'s cost per frame (median, p99) beside the copy's.
+depth (optional, `--only depth`): (a)'s stream at each `--depths` write_depth
+   against the same raw configurations, alternating rounds.
 
 Writes benchmarks/results/results.json, results.md and PNG plots.
 """
@@ -32,7 +42,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import math
 import os
 import platform
 import shutil
@@ -41,6 +53,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +64,34 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import peers, plots  # noqa: E402
-from benchmarks._raw import raw_odirect_write  # noqa: E402
+from benchmarks._producer import CopyJob, Producer, StreamJob  # noqa: E402
+from benchmarks._raw import (  # noqa: E402
+    fio_path,
+    fio_write,
+    raw_odirect_write,
+    source_buffers,
+)
+from benchmarks._rounds import (  # noqa: E402
+    best_reference,
+    ratios,
+    run_rounds,
+    schedule,
+    spread,
+    versus_best,
+)
 from benchmarks._sampling import MemorySampler  # noqa: E402
-from mesowriter._spec import companion_paths  # noqa: E402
+from mesowriter._spec import DEFAULT_WRITE_DEPTH, companion_paths  # noqa: E402
 from mesowriter.synthetic import SyntheticCamera, read_index, run_cameras  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1 << 30
 MIB = 1 << 20
-SECTIONS = "abcdefg"
+SECTIONS = "abcdefgh"
+# Optional sections, asked for by name (`--only depth`, `--only a,depth`).
+NAMED_SECTIONS = ("depth",)
 TARGETS = {
-    "a": ("mesowriter / raw O_DIRECT", ">=", 0.9),
+    "a": ("mesowriter / best raw configuration, same round", ">=", 0.9),
+    "h": ("ring + worker (discard) / copy into ring-sized shared memory", ">=", 0.8),
     "b": ("mesowriter / slowest-to-fastest peer", ">=", 3.0),
     "c": ("attach fps / min(do-nothing fps, disk fps)", ">=", 0.85),
     "d": ("Stream.write / bare memcpy", "<=", 1.2),
@@ -75,38 +105,336 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# -- (a) (d) (f): mesowriter from a producer process ------------------------------
-def bench_mesowriter(
-    scratch: Path, shape: tuple[int, int], frames: int, ring_bytes: int
-) -> dict[str, Any]:
-    """One synthetic camera process as fast as the writer goes; memory sampled."""
-    cam = SyntheticCamera(
-        name="mesowriter",
+# -- (a) (f) depth: mesowriter against the best raw configuration ---------------------
+@dataclass
+class RawReferences:
+    """The raw writes every round repeats: same bytes, same file size.
+
+    The file is preallocated to what mesowriter's TIFF sink reserves for the
+    same frames, so both pay the same extent conversion; the source buffers
+    are made and touched once for all rounds.
+    """
+
+    scratch: Path
+    total_bytes: int
+    prealloc_bytes: int
+    chunk_bytes: int
+    in_flight: tuple[int, ...]
+    fio_depth: int | None  # None: fio skipped
+    buffers: list[memoryview] = field(default_factory=list)
+
+    def runners(self) -> dict[str, Callable[[], dict[str, Any]]]:
+        if not self.buffers:
+            self.buffers = source_buffers(max(self.in_flight), self.chunk_bytes)
+        out = {f"pwrite_x{k}": self._pwrite(k) for k in self.in_flight}
+        if self.fio_depth is not None:
+            out[f"fio_qd{self.fio_depth}"] = self._fio
+        return out
+
+    def _pwrite(self, k: int) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            path = self.scratch / "raw.bin"
+            try:
+                return raw_odirect_write(
+                    path,
+                    self.total_bytes,
+                    self.chunk_bytes,
+                    in_flight=k,
+                    prealloc_bytes=self.prealloc_bytes,
+                    buffers=self.buffers,
+                )
+            finally:
+                path.unlink(missing_ok=True)
+
+        return run
+
+    def _fio(self) -> dict[str, Any]:
+        path = self.scratch / "fio.bin"
+        try:
+            return fio_write(
+                path,
+                self.total_bytes,
+                block_bytes=self.chunk_bytes,
+                iodepth=self.fio_depth or 1,
+                prealloc_bytes=self.prealloc_bytes,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def tiff_reserved_bytes(shape: tuple[int, ...], frames: int) -> int:
+    """Bytes mesowriter's TIFF sink reserves before the first frame (the raw
+    references preallocate the same), or the pixel bytes if it cannot say."""
+    from mesowriter._spec import StreamSpec
+    from mesowriter.sinks import sink_class
+
+    spec = StreamSpec(
+        stream_id=0,
+        path="reserve.ome.tiff",
+        kind="ome-tiff",
         shape=shape,
+        dtype="<u2",
         frames=frames,
-        fps=None,
-        policy="block",
-        ring_bytes=ring_bytes,
     )
-    with MemorySampler(interval=0.1, include_children=True) as sampler:
-        res = run_cameras([cam], scratch)[0]
-    rep = res["report"]
-    if rep["frames_written"] != frames or rep["error"]:
-        raise RuntimeError(f"mesowriter run incomplete: {rep}")
-    res["verify"] = _verify(res["path"], frames)
-    nbytes = frames * cam.frame_nbytes
-    res["pixel_bytes"] = nbytes
-    res["gbps"] = nbytes / res["seconds"] / 1e9
-    res["peak_dirty_bytes"] = sampler.peak_dirty_bytes
-    res["baseline_dirty_bytes"] = sampler.baseline_dirty_bytes
-    res["peak_rss_bytes_by_pid"] = {
-        str(k): v for k, v in sampler.peak_rss_bytes.items()
+    try:
+        return int(sink_class("ome-tiff").space_needed(spec))
+    except Exception:  # the engine's API moved: the bytes written will do
+        return frames * math.prod(shape) * 2
+
+
+def mesowriter_runner(
+    producer: Producer, job: StreamJob, verify: bool = True
+) -> Callable[[], dict[str, Any]]:
+    """One mesowriter run with memory sampled; the file read back, removed."""
+
+    def run() -> dict[str, Any]:
+        try:
+            with MemorySampler(interval=0.1, include_children=True) as sampler:
+                r = producer.stream(job)
+            rep = r["report"]
+            if rep["frames_written"] != job.frames or rep["error"]:
+                raise RuntimeError(
+                    f"mesowriter run incomplete: {rep['frames_written']} of "
+                    f"{job.frames} frames, error {rep['error']}"
+                )
+            if verify:
+                r["verify"] = _verify(job.path, job.frames)
+        finally:
+            _remove_stream_files(job.path)
+        r["memory"] = {
+            "peak_dirty_bytes": sampler.peak_dirty_bytes,
+            "baseline_dirty_bytes": sampler.baseline_dirty_bytes,
+            "peak_rss_bytes_by_pid": {
+                str(k): v for k, v in sampler.peak_rss_bytes.items()
+            },
+            "peak_rss_total_bytes": sampler.peak_rss_total_bytes,
+            "peak_rss_anon_bytes": sampler.peak_rss_anon_bytes,
+            "dirty_series": sampler.timeseries("dirty_bytes"),
+        }
+        return r
+
+    return run
+
+
+def _log_run(r: int, name: str, res: dict[str, Any] | None) -> None:
+    if res is None:
+        _log(f"  round {r + 1} {name:<22} FAILED")
+        return
+    extra = f" ({res['seconds']:.2f} s)" if "seconds" in res else ""
+    rate = res.get("gbps_committed", res["gbps"]) if res.get("kind") else res["gbps"]
+    _log(f"  round {r + 1} {name:<22} {rate:6.2f} GB/s{extra}")
+
+
+def against_raw(
+    refs: RawReferences,
+    subjects: dict[str, Callable[[], dict[str, Any]]],
+    rounds: int,
+) -> dict[str, Any]:
+    """Raw configurations, then the subjects, round after round.
+
+    Each subject is held to the raw configuration with the best median,
+    round by round (ratios of runs made minutes apart mean little here).
+    """
+    raw = refs.runners()
+    plan = schedule(rounds, list(raw), list(subjects))
+    runs, failures = run_rounds(plan, {**raw, **subjects}, on_result=_log_run)
+    raw_gbps = {k: _values(runs[k], "gbps") for k in raw}
+    best = best_reference(raw_gbps)
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "order": plan,
+        "bytes": refs.total_bytes,
+        "prealloc_bytes": refs.prealloc_bytes,
+        "raw": {k: {"gbps": spread(raw_gbps[k]), "runs": runs[k]} for k in raw},
+        "best_raw": best,
+        "raw_gbps": spread(raw_gbps[best])["median"] if best else None,
+        "subjects": {},
+        "failures": failures,
     }
-    res["peak_rss_total_bytes"] = sampler.peak_rss_total_bytes
-    res["peak_rss_anon_bytes"] = sampler.peak_rss_anon_bytes
-    res["sampler_series"] = sampler.series
-    _remove_stream_files(res["path"])
-    return res
+    for name in subjects:
+        vals = _values(runs[name], "gbps")
+        out["subjects"][name] = {
+            "gbps": spread(vals),
+            **versus_best(vals, raw_gbps),
+            "write_us_median": spread(_values(runs[name], "write", "us_median")),
+            "verify_ok": all(
+                r["verify"]["ok"] for r in runs[name] if r and "verify" in r
+            ),
+            "runs": runs[name],
+        }
+    return out
+
+
+def _values(runs: Sequence[dict[str, Any] | None], *keys: str) -> list[float | None]:
+    """One figure from each round's run (None where the run failed)."""
+    out: list[float | None] = []
+    for r in runs:
+        v: Any = r
+        for k in keys:
+            v = None if v is None else v.get(k)
+        out.append(None if v is None else float(v))
+    return out
+
+
+def bench_ceiling(
+    producer: Producer, refs: RawReferences, args: argparse.Namespace
+) -> dict[str, Any]:
+    """(a): mesowriter and a frame size off the 4096-byte grid vs best raw."""
+    shape = (args.size, args.size)
+    odd = (args.odd_size, args.odd_size)
+    frames = refs.total_bytes // (math.prod(shape) * 2)
+    odd_frames = max(8, refs.total_bytes // (math.prod(odd) * 2))
+    subjects = {
+        "mesowriter": mesowriter_runner(
+            producer,
+            StreamJob(
+                str(refs.scratch / "mesowriter.ome.tiff"),
+                shape,
+                frames,
+                write_depth=args.write_depth,
+            ),
+        ),
+        "mesowriter_odd": mesowriter_runner(
+            producer,
+            StreamJob(
+                str(refs.scratch / "mesowriter-odd.ome.tiff"),
+                odd,
+                odd_frames,
+                write_depth=args.write_depth,
+            ),
+        ),
+    }
+    out = against_raw(refs, subjects, args.rounds)
+    out["frame"] = {"shape": list(shape), "frames": frames}
+    out["odd_frame"] = {"shape": list(odd), "frames": odd_frames}
+    out["write_depth"] = args.write_depth or DEFAULT_WRITE_DEPTH
+    meso = out["subjects"]["mesowriter"]
+    # the figures other sections and older readers of results.json use
+    out["mesowriter_gbps"] = meso["gbps"]["median"]
+    out["ratio"] = meso["ratio"]["median"]
+    return out
+
+
+def bench_depths(
+    producer: Producer, refs: RawReferences, args: argparse.Namespace
+) -> dict[str, Any]:
+    """(depth): the same stream at each write_depth, against the same raw runs."""
+    shape = (args.size, args.size)
+    frames = refs.total_bytes // (math.prod(shape) * 2)
+    subjects = {
+        f"write_depth_{d}": mesowriter_runner(
+            producer,
+            StreamJob(
+                str(refs.scratch / f"depth{d}.ome.tiff"), shape, frames, write_depth=d
+            ),
+        )
+        for d in args.depths
+    }
+    out = against_raw(refs, subjects, args.rounds)
+    out["depths"] = list(args.depths)
+    out["frame"] = {"shape": list(shape), "frames": frames}
+    return out
+
+
+def memory_of_worst_round(a: dict[str, Any]) -> dict[str, Any]:
+    """(f) from (a): the mesowriter run with the most dirty pages over baseline."""
+    runs = [r for r in a["subjects"]["mesowriter"]["runs"] if r is not None]
+    if not runs:
+        return {}
+
+    def over(r: dict[str, Any]) -> int:
+        m = r["memory"]
+        return (m["peak_dirty_bytes"] or 0) - (m["baseline_dirty_bytes"] or 0)
+
+    m = max(runs, key=over)["memory"]
+    return {
+        "mesowriter_peak_dirty_bytes": m["peak_dirty_bytes"],
+        "mesowriter_baseline_dirty_bytes": m["baseline_dirty_bytes"],
+        "mesowriter_peak_rss_bytes_by_pid": m["peak_rss_bytes_by_pid"],
+        "mesowriter_peak_rss_total_bytes": m["peak_rss_total_bytes"],
+        "mesowriter_peak_rss_anon_bytes": m["peak_rss_anon_bytes"],
+        "mesowriter_dirty_series": m["dirty_series"],
+    }
+
+
+# -- (h): the pipeline ceiling, ring + worker with a sink that keeps nothing ----------
+def bench_pipeline(
+    producer: Producer, args: argparse.Namespace, ring_bytes: int
+) -> dict[str, Any]:
+    """Ring + worker (the "discard" sink) vs a bare copy of the same frames.
+
+    The copies go into ring-sized memory, ordinary and shared, slot after
+    slot, in the producer process. The discard stream's name lives in a
+    folder of its own (tmpfs where there is one), since the worker still
+    writes its journal, report and sidecar beside it; the folder is removed.
+    """
+    from mesowriter._ring import RingLayout
+
+    folder = Path(
+        tempfile.mkdtemp(prefix="mesowriter-pipeline-", dir=args.pipeline_dir)
+    )
+    out: dict[str, Any] = {"folder": str(folder), "sizes": {}}
+    try:
+        for edge in args.pipeline_sizes:
+            shape = (edge, edge)
+            nbytes = edge * edge * 2
+            frames = max(8, int(args.pipeline_gib * GIB) // nbytes)
+            slots = RingLayout.plan(
+                ring_bytes=ring_bytes, shape=shape, dtype=np.dtype(np.uint16)
+            ).n_slots
+            job = StreamJob(
+                str(folder / f"discard-{edge}"), shape, frames, kind="discard"
+            )
+            runners: dict[str, Callable[[], dict[str, Any]]] = {
+                "copy_ordinary": functools.partial(
+                    producer.copy, CopyJob(shape, frames, slots, "ordinary")
+                ),
+                "copy_shared": functools.partial(
+                    producer.copy, CopyJob(shape, frames, slots, "shared")
+                ),
+                "ring_worker": mesowriter_runner(producer, job, verify=False),
+            }
+            _log(f"  {edge}x{edge}: {frames} frames, ring of {slots} slots")
+            plan = schedule(
+                args.rounds, ["copy_ordinary", "copy_shared"], ["ring_worker"]
+            )
+            runs, failures = run_rounds(plan, runners, on_result=_log_run)
+            meso = _values(runs["ring_worker"], "gbps_committed")
+            shared = _values(runs["copy_shared"], "gbps")
+            ordinary = _values(runs["copy_ordinary"], "gbps")
+            out["sizes"][f"{edge}x{edge}"] = {
+                "shape": list(shape),
+                "frames": frames,
+                "slots": slots,
+                "order": plan,
+                "ring_worker_gbps": spread(meso),
+                "copy_shared_gbps": spread(shared),
+                "copy_ordinary_gbps": spread(ordinary),
+                "ratio_shared": spread(ratios(meso, shared)),
+                "ratio_ordinary": spread(ratios(meso, ordinary)),
+                "write_us_median": spread(
+                    _values(runs["ring_worker"], "write", "us_median")
+                ),
+                "write_us_p99": spread(_values(runs["ring_worker"], "write", "us_p99")),
+                "copy_us_median": spread(
+                    _values(runs["copy_shared"], "copy", "us_median")
+                ),
+                "copy_us_p99": spread(_values(runs["copy_shared"], "copy", "us_p99")),
+                "ring_high_water": [
+                    r["report"]["ring_high_water"] if r else None
+                    for r in runs["ring_worker"]
+                ],
+                "runs": {k: [_slim(r) for r in v] for k, v in runs.items()},
+                "failures": failures,
+            }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def _slim(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run without its time series (the pipeline's are not plotted)."""
+    return None if r is None else {k: v for k, v in r.items() if k != "series"}
 
 
 def _remove_stream_files(path: str) -> None:
@@ -210,6 +538,19 @@ def bench_video(size: int, frames: int) -> dict[str, Any]:
 
 
 # -- the suite ---------------------------------------------------------------------
+def _fio_note(args: argparse.Namespace) -> dict[str, Any]:
+    """Whether fio ran, and if not why (the table says so)."""
+    if args.no_fio:
+        return {"ran": False, "note": "fio skipped (--no-fio)"}
+    exe = fio_path()
+    if exe is None:
+        return {
+            "ran": False,
+            "note": "fio skipped: not installed (apt-get install -y fio)",
+        }
+    return {"ran": True, "path": exe, "iodepth": args.fio_depth}
+
+
 def _section(name: str, results: dict[str, Any], fn: Callable[[], Any]) -> Any:
     _log(f"[{name}] ...")
     t0 = time.perf_counter()
@@ -244,54 +585,51 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     scratch_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=scratch_root))
     only = set(args.only)
+    producer: Producer | None = None
     try:
-        if only & set("adf"):
-            raw_path = scratch / "raw.bin"
-
-            # The raw writer gets the same request size the worker uses at
-            # most (whole frames up to 64 MiB), so neither side is handicapped.
-            from mesowriter._worker import BATCH_BYTES as MAX_BATCH_BYTES
-
-            chunk = max(1, MAX_BATCH_BYTES // frame_nbytes) * frame_nbytes
-
-            def raw() -> dict[str, Any]:
-                r = raw_odirect_write(raw_path, frames * frame_nbytes, chunk)
-                raw_path.unlink()
-                return r
-
-            r1 = _section("a raw O_DIRECT (before)", results, raw)
-            m = _section(
-                "a mesowriter",
-                results,
-                lambda: bench_mesowriter(scratch, shape, frames, args.ring_mib * MIB),
+        if only & {"a", "f", "h", "depth"}:
+            producer = _section(
+                "producer process", results, lambda: Producer(args.ring_mib * MIB)
             )
-            r2 = _section("a raw O_DIRECT (after)", results, raw)
-            raws = [r for r in (r1, r2) if r]
-            if raws and m:
-                raw_gbps = sum(r["gbps"] for r in raws) / len(raws)
-                results["a"] = {
-                    "bytes": frames * frame_nbytes,
-                    "mesowriter_gbps": m["gbps"],
-                    "raw_gbps": raw_gbps,
-                    "raw_runs_gbps": [r["gbps"] for r in raws],
-                    "ratio": m["gbps"] / raw_gbps,
-                    "verify": m["verify"],
-                    "ring_high_water": m["report"]["ring_high_water"],
-                    "ring_slots": m["report"]["ring_slots"],
-                    "blocked_seconds": m["report"]["blocked_seconds"],
-                    "direct_io": m["report"]["sink"].get("direct_io"),
-                    "acq_cost_unblocked_mean_s": m["write_cost_unblocked_mean_s"],
-                }
-                results["f"] = {
-                    "mesowriter_peak_dirty_bytes": m["peak_dirty_bytes"],
-                    "mesowriter_baseline_dirty_bytes": m["baseline_dirty_bytes"],
-                    "mesowriter_peak_rss_bytes_by_pid": m["peak_rss_bytes_by_pid"],
-                    "mesowriter_peak_rss_total_bytes": m["peak_rss_total_bytes"],
-                    "mesowriter_peak_rss_anon_bytes": m["peak_rss_anon_bytes"],
-                }
-                results["_mesowriter_run"] = m
+        refs = RawReferences(
+            scratch,
+            frames * frame_nbytes,
+            tiff_reserved_bytes(shape, frames),
+            args.raw_chunk_mib * MIB,
+            tuple(args.raw_in_flight),
+            None if args.no_fio or fio_path() is None else args.fio_depth,
+        )
+        results["fio"] = _fio_note(args)
+        if producer is not None:
+            prod = producer  # narrowed, for the closures below
+            planned: list[tuple[str, str, bool, Callable[[], Any]]] = [
+                (
+                    "a",
+                    "a mesowriter vs raw configurations",
+                    bool(only & {"a", "f"}),
+                    lambda: bench_ceiling(prod, refs, args),
+                ),
+                (
+                    "depth",
+                    "depth write_depth sweep",
+                    "depth" in only,
+                    lambda: bench_depths(prod, refs, args),
+                ),
+                (
+                    "h",
+                    "h pipeline ceiling (discard sink)",
+                    "h" in only,
+                    lambda: bench_pipeline(prod, args, args.ring_mib * MIB),
+                ),
+            ]
+            for key, title, wanted, fn in planned:
+                value = _section(title, results, fn) if wanted else None
+                if value:
+                    results[key] = value
+            if "a" in results:
+                results["f"] = memory_of_worst_round(results["a"])
         if "d" in only:
-            disk = results.get("a", {}).get("raw_gbps", 1.0) * 1e9
+            disk = (results.get("a", {}).get("raw_gbps") or 1.0) * 1e9
             fps = min(100.0, 0.5 * disk / frame_nbytes)
             d = _section(
                 "d acquisition-side cost",
@@ -365,6 +703,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             if e:
                 results["e"] = e
     finally:
+        if producer is not None:
+            producer.close()
         shutil.rmtree(scratch, ignore_errors=True)
         with contextlib.suppress(OSError):
             scratch_root.rmdir()
@@ -385,16 +725,9 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         return "PASS" if ok else "MISS"
 
     if "a" in res:
-        a = res["a"]
-        rows.append(
-            (
-                "a end-to-end",
-                f"{a['mesowriter_gbps']:.2f} GB/s vs raw {a['raw_gbps']:.2f} GB/s "
-                f"= {a['ratio']:.2f}",
-                ">= 0.9",
-                verdict("a", a["ratio"], a.get("verify")),
-            )
-        )
+        rows.extend(_ceiling_rows("a", res["a"], verdict))
+    if "depth" in res:
+        rows.extend(_ceiling_rows("depth", res["depth"], None))
     for r in res.get("b", []):
         if "ratio_mesowriter_over_peer" in r:
             rows.append(
@@ -471,6 +804,23 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     "info",
                 )
             )
+    for size, h in res.get("h", {}).get("sizes", {}).items():
+        rows.append(
+            (
+                f"h pipeline {size}",
+                f"ring + worker (discard) {_sp(h['ring_worker_gbps'])} GB/s vs copy "
+                f"into ring-sized shared memory {_sp(h['copy_shared_gbps'])} = "
+                f"{_sp(h['ratio_shared'])} (ordinary memory "
+                f"{_sp(h['copy_ordinary_gbps'])} GB/s = {_sp(h['ratio_ordinary'])}); "
+                f"Stream.write median {_sp(h['write_us_median'], 1)} us, p99 "
+                f"{_sp(h['write_us_p99'], 1)} us vs copy median "
+                f"{_sp(h['copy_us_median'], 1)} us, p99 {_sp(h['copy_us_p99'], 1)} us",
+                ">= 0.8",
+                verdict("h", h["ratio_shared"]["median"])
+                if h["ratio_shared"]["median"] is not None
+                else "ERROR",
+            )
+        )
     if "f" in res and res["f"].get("mesowriter_peak_dirty_bytes") is not None:
         f = res["f"]
         # the writer's own dirty pages: the system's peak over its baseline
@@ -499,13 +849,66 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _sp(s: dict[str, Any], digits: int = 2) -> str:
+    """A spread as 'median (min-max)'; 'n/a' when every run failed."""
+    if s.get("median") is None:
+        return "n/a"
+    f = f"{{:.{digits}f}}"
+    med, lo, hi = (f.format(s[k]) for k in ("median", "min", "max"))
+    return med if s["n"] == 1 else f"{med} ({lo}-{hi})"
+
+
+def _writer_label(section: str, a: dict[str, Any], name: str) -> str:
+    """'mesowriter 2048x2048 (write_depth 4)', 'mesowriter write depth 8'."""
+    frame = {"mesowriter": a.get("frame"), "mesowriter_odd": a.get("odd_frame")}
+    shape = (frame.get(name) or {}).get("shape")
+    if shape is None:
+        return f"mesowriter {name.replace('_', ' ')}"
+    label = f"mesowriter {'x'.join(map(str, shape))}"
+    return label + (f" (write_depth {a['write_depth']})" if section == "a" else "")
+
+
+def _ceiling_rows(
+    section: str, a: dict[str, Any], verdict: Callable[..., str] | None
+) -> list[tuple[str, str, str, str]]:
+    """Rows of (a) or the depth sweep: each raw configuration, then each
+    writer against the best one (``verdict`` None: information only)."""
+    rows: list[tuple[str, str, str, str]] = []
+    n = a["rounds"]
+    for name, r in a["raw"].items():
+        best = " (best)" if name == a["best_raw"] else ""
+        rows.append(
+            (
+                f"{section} raw {name}{best}",
+                f"{_sp(r['gbps'])} GB/s, median (min-max) of {n} rounds",
+                "-",
+                "info",
+            )
+        )
+    for name, m in a["subjects"].items():
+        label = _writer_label(section, a, name)
+        ratio = m["ratio"]
+        check = None if m["verify_ok"] else {"ok": False}
+        rows.append(
+            (
+                f"{section} {label}",
+                f"{_sp(m['gbps'])} GB/s durable; / {m['best']} per round = "
+                f"{_sp(ratio)}; Stream.write median "
+                f"{_sp(m['write_us_median'], 0)} us",
+                ">= 0.9" if verdict else "-",
+                "ERROR"
+                if ratio["median"] is None
+                else verdict("a", ratio["median"], check)
+                if verdict
+                else "info",
+            )
+        )
+    return rows
+
+
 def write_outputs(res: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     made = _plots(res, out)
-    run = res.pop("_mesowriter_run", None)
-    if run is not None:
-        res.setdefault("a", {})["series_columns"] = run["series_columns"]
-        res["a"]["series"] = run["series"]
     for r in res.get("b", []):
         r.pop("series", None)
         r.pop("frame_times", None)
@@ -529,46 +932,112 @@ def write_outputs(res: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _plots(res: dict[str, Any], out: Path) -> list[Path]:
+    """throughput.png: every writer's durable GB/s (median, min-max) against
+    the raw configurations as lines; throughput_series.png: (a)'s runs over
+    time from their first write; ring_fill.png, dirty_pages.png, pipeline.png.
+    """
     made: list[Path] = []
-    run = res.get("_mesowriter_run")
-    raw_bps = res.get("a", {}).get("raw_gbps", 0.0) * 1e9 or None
-    rate: dict[str, list[tuple[float, float]]] = {}
+    ceiling = res.get("a") or res.get("depth")
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for sec in ("a", "depth"):
+        for name, m in res.get(sec, {}).get("subjects", {}).items():
+            rows.append((_writer_label(sec, res[sec], name), m["gbps"]))
+    for r in res.get("b", []):
+        if "gbps_durable" in r:  # one run each: its point has no spread
+            rows.append((f"{r['name']} (b, 1 run)", spread([r["gbps_durable"]])))
+    if rows and ceiling:
+        made.append(
+            plots.plot_points(
+                rows,
+                out / "throughput.png",
+                references={k: v["gbps"] for k, v in ceiling["raw"].items()},
+                best=ceiling["best_raw"],
+                title="durable GB/s of each writer against the raw configurations",
+            )
+        )
     dirty: dict[str, list[tuple[float, float]]] = {}
-    if run is not None:
-        cum = [(p[0], float(p[3])) for p in run["series"]]
-        rate["mesowriter (durable, written)"] = plots.rate_from_cumulative(cum, 0.5)
+    if "a" in res:
+        a = res["a"]
+        meso = [r for r in a["subjects"]["mesowriter"]["runs"] if r is not None]
+        # a window of about 1/20 of a run: smooth, yet no sliver for short runs
+        window = max(0.05, max((r["seconds"] for r in meso), default=1.0) / 20)
+        groups = {
+            f"mesowriter {'x'.join(map(str, a['frame']['shape']))}": [
+                plots.rate_from_cumulative(
+                    [(0.0, 0.0), *((p[0], float(p[3])) for p in r["series"])], window
+                )
+                for r in meso
+            ]
+        }
+        best_pwrite = best_reference(
+            {
+                k: v["gbps"]["values"]
+                for k, v in a["raw"].items()
+                if k.startswith("pwrite")
+            }
+        )
+        for name, raw in a["raw"].items():
+            if name in (best_pwrite, "pwrite_x1"):
+                groups[f"raw {name} (completed requests)"] = [
+                    plots.rate_from_cumulative(_cumulative(r["completions"]), window)
+                    for r in raw["runs"]
+                    if r is not None and r.get("completions")
+                ]
+        made.append(
+            plots.plot_rate_rounds(
+                groups,
+                out / "throughput_series.png",
+                title=f"(a) every round, {a['bytes'] / GIB:.1f} GiB each: "
+                "mesowriter durable (committed) vs raw",
+                hlines={f"best raw ({a['best_raw']}), median": a["raw_gbps"] * 1e9}
+                if a["raw_gbps"]
+                else None,
+            )
+        )
         made.append(
             plots.plot_ring_fill(
-                {"mesowriter": [(p[0], p[4] * 100.0) for p in run["series"]]},
+                {
+                    f"round {k + 1}": [(p[0], p[4] * 100.0) for p in r["series"]]
+                    for k, r in enumerate(meso)
+                },
                 out / "ring_fill.png",
                 capacity=100.0,
                 unit="% of slots",
             )
         )
-        dirty["mesowriter"] = [
-            (s["t"], float(s["dirty_bytes"]))
-            for s in run["sampler_series"]
-            if s.get("dirty_bytes") is not None
-        ]
+    f_series = res.get("f", {}).get("mesowriter_dirty_series")
+    if f_series:
+        dirty["mesowriter"] = [(t, float(v)) for t, v in f_series]
     for r in res.get("b", []):
-        if "series" not in r:
-            continue
-        dirty[r["name"]], rate[f"{r['name']} (accepted)"] = plots.peer_traces(r, 0.5)
-        # What a buffered writer accepts is not on disk: its mean durable rate
-        # (bytes over time to fsync) as a flat segment beside it.
-        if r.get("seconds_durable"):
-            bps = r["bytes"] / r["seconds_durable"]
-            rate[f"{r['name']} (durable, mean)"] = [
-                (0.0, bps),
-                (r["seconds_durable"], bps),
-            ]
-    if rate:
-        made.append(
-            plots.plot_throughput(rate, out / "throughput.png", ceiling_bps=raw_bps)
-        )
+        if "series" in r:
+            dirty[r["name"]] = plots.peer_traces(r, 0.5)[0]
     if dirty:
         made.append(plots.plot_dirty_pages(dirty, out / "dirty_pages.png"))
+    if "h" in res:
+        made.append(
+            plots.plot_points(
+                [
+                    (f"{size} {label}", h[key])
+                    for size, h in res["h"]["sizes"].items()
+                    for key, label in (
+                        ("copy_ordinary_gbps", "copy, ordinary memory"),
+                        ("copy_shared_gbps", "copy, shared memory"),
+                        ("ring_worker_gbps", "ring + worker (discard)"),
+                    )
+                ],
+                out / "pipeline.png",
+                title="(h) bytes handed on per second, no disk",
+            )
+        )
     return made
+
+
+def _cumulative(completions: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    """(t, bytes done by t) from (t, bytes) request completions."""
+    out = [(0.0, 0.0)]
+    for t, n in completions:
+        out.append((float(t), out[-1][1] + float(n)))
+    return out
 
 
 def print_table(res: dict[str, Any]) -> None:
@@ -585,6 +1054,34 @@ def print_table(res: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def parse_only(value: str) -> set[str]:
+    """`--only`: section letters ('ad') and/or names ('depth'), comma-separated.
+
+    Names are matched whole first, so 'depth' is the sweep, not d+e+p+t+h.
+    """
+    out: set[str] = set()
+    for token in (t.strip() for t in value.split(",")):
+        if token in NAMED_SECTIONS:
+            out.add(token)
+        elif token and set(token) <= set(SECTIONS):
+            out |= set(token)
+        elif token:
+            raise argparse.ArgumentTypeError(
+                f"{token!r}: use letters from {SECTIONS!r} or one of {NAMED_SECTIONS}"
+            )
+    return out
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: want e.g. '1,2,4'") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: positive whole numbers")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mesowriter bench",
@@ -596,12 +1093,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="small, fast run (256 MiB, 512x512 DemoCamera)",
     )
-    ap.add_argument("--gib", type=float, default=4.0, help="bytes for (a), GiB")
+    ap.add_argument(
+        "--gib",
+        type=float,
+        default=8.0,
+        help="bytes per run in (a) and depth, GiB: several seconds at disk "
+        "speed, so the 1 GiB ring is a small part of each run",
+    )
     ap.add_argument(
         "--peer-gib",
         type=float,
         default=None,
-        help="bytes per peer in (b), GiB (default: --gib)",
+        help="bytes per peer in (b), GiB (default: 4, below this machine's "
+        "dirty limit; --quick: --gib)",
     )
     ap.add_argument("--size", type=int, default=2048, help="frame edge (uint16)")
     ap.add_argument("--ring-mib", type=int, default=1024)
@@ -612,7 +1116,59 @@ def build_parser() -> argparse.ArgumentParser:
         "(default benchmarks/results/scratch; removed after)",
     )
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--only", default=SECTIONS, help="sections to run, e.g. 'ad'")
+    ap.add_argument(
+        "--only",
+        default=SECTIONS,
+        type=parse_only,
+        help="sections to run: letters and/or names, comma-separated, e.g. "
+        f"'ad', 'depth', 'a,depth' (names: {', '.join(NAMED_SECTIONS)})",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating rounds in (a), (h) and depth (at least 3 for figures)",
+    )
+    ap.add_argument(
+        "--write-depth",
+        type=int,
+        default=None,
+        help=f"mesowriter's write_depth in (a) (default: the service's, "
+        f"{DEFAULT_WRITE_DEPTH})",
+    )
+    ap.add_argument(
+        "--depths",
+        type=_ints,
+        default=(1, 2, 4, 8),
+        help="write_depth values for the depth section, e.g. '1,2,4,8'",
+    )
+    ap.add_argument(
+        "--raw-in-flight",
+        type=_ints,
+        default=(1, 4, 8),
+        help="O_DIRECT pwrite requests in flight, one raw configuration each",
+    )
+    ap.add_argument("--raw-chunk-mib", type=int, default=64, help="raw request size")
+    ap.add_argument("--fio-depth", type=int, default=16, help="fio's iodepth")
+    ap.add_argument("--no-fio", action="store_true", help="leave fio out of (a)")
+    ap.add_argument(
+        "--odd-size", type=int, default=1000, help="(a)'s frame edge off the 4 KiB grid"
+    )
+    ap.add_argument(
+        "--pipeline-gib", type=float, default=4.0, help="bytes per run in (h), GiB"
+    )
+    ap.add_argument(
+        "--pipeline-sizes",
+        type=_ints,
+        default=(2048, 512, 256),
+        help="frame edges (uint16) in (h)",
+    )
+    ap.add_argument(
+        "--pipeline-dir",
+        default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+        help="folder for (h)'s dummy stream and its companion files "
+        "(default: tmpfs, so nothing reaches a disk)",
+    )
     ap.add_argument("--peers", nargs="*", default=list(peers.PEERS))
     ap.add_argument("--cost-frames", type=int, default=300)
     ap.add_argument("--democam-size", type=int, default=2048)
@@ -642,14 +1198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("video_size", 256),
             ("video_frames", 60),
             ("finalise_frames", 5_000),
+            ("pipeline_gib", 0.5),
         ):
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, small)
     if args.peer_gib is None:
-        args.peer_gib = args.gib
-    bad = set(args.only) - set(SECTIONS)
-    if bad:
-        raise SystemExit(f"--only takes letters from {SECTIONS!r}, not {sorted(bad)}")
+        args.peer_gib = args.gib if args.quick else 4.0
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     res = run_suite(args)
     made = write_outputs(res, Path(args.out))
     print_table(res)

@@ -10,18 +10,22 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # plain `pytest` too
 
-from benchmarks import peers, plots
+from benchmarks import _rounds as rounds
+from benchmarks import peers, plots, suite
 from benchmarks._raw import (
     ODirectUnsupportedError,
     bare_memcpy_cost,
+    fio_path,
+    fio_write,
     raw_odirect_write,
 )
 from benchmarks._sampling import MemorySampler, read_meminfo
@@ -139,3 +143,136 @@ def test_plots_write_pngs(tmp: Path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rate = plots.rate_from_cumulative(cum, window=0.25)
     assert rate[-1][1] == pytest.approx(1e9, rel=0.01)
+
+
+# -- alternating rounds, medians, spreads, best of raw --------------------------------
+def test_schedule_alternates_references_then_subjects() -> None:
+    refs, subs = ["x1", "x4", "fio"], ["meso", "odd"]
+    plan = rounds.schedule(3, refs, subs)
+    assert len(plan) == 3
+    for row in plan:
+        assert sorted(row[:3]) == sorted(refs) and sorted(row[3:]) == sorted(subs)
+    # rotated: no configuration always runs first, or always right after another
+    assert len({row[0] for row in plan}) == 3
+    assert {row[3] for row in plan} == set(subs)
+    with pytest.raises(ValueError):
+        rounds.schedule(0, refs, subs)
+
+
+def test_spread_median_min_max_skip_failed_runs() -> None:
+    s = rounds.spread([2.0, None, 4.0, 3.0])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 3)
+    assert s["values"] == [2.0, None, 4.0, 3.0]
+    empty = rounds.spread([None, None])
+    assert empty["median"] is None and empty["n"] == 0
+
+
+def test_ratio_is_per_round_against_the_best_median() -> None:
+    raws = {
+        "x1": [1.0, 1.2, 1.1],
+        "x8": [3.0, 2.0, 2.5],  # best median (2.5), though not best every round
+        "fio": [2.4, 2.4, None],
+    }
+    assert rounds.best_reference(raws) == "x8"
+    meso = [2.7, 1.9, None]
+    v = rounds.versus_best(meso, raws)
+    assert v["best"] == "x8"
+    assert v["ratios"] == pytest.approx([0.9, 0.95, None])  # type: ignore[list-item]
+    assert v["ratio"]["median"] == pytest.approx(0.925)
+    assert v["ratio"]["min"] == pytest.approx(0.9)
+    assert rounds.ratios([1.0], [0.0]) == [None]
+    with pytest.raises(ValueError):
+        rounds.ratios([1.0], [1.0, 2.0])
+
+
+def test_run_rounds_keeps_going_past_a_failed_run() -> None:
+    calls: list[str] = []
+
+    def ok(name: str, value: float) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            calls.append(name)
+            return {"gbps": value}
+
+        return run
+
+    def broken() -> dict[str, Any]:
+        calls.append("fio")
+        raise RuntimeError("io_uring refused")
+
+    plan = rounds.schedule(2, ["x1", "fio"], ["meso"])
+    runs, failures = rounds.run_rounds(
+        plan, {"x1": ok("x1", 1.0), "fio": broken, "meso": ok("meso", 2.0)}
+    )
+    assert calls == [n for row in plan for n in row]
+    assert runs["fio"] == [None, None] and len(failures) == 2
+    assert failures[0]["name"] == "fio" and "io_uring" in failures[0]["error"]
+    assert [r["gbps"] for r in runs["meso"] if r] == [2.0, 2.0]
+
+
+def test_only_takes_letters_and_names() -> None:
+    assert suite.parse_only("ad") == {"a", "d"}
+    assert suite.parse_only("depth") == {"depth"}  # not d + e + p + t + h
+    assert suite.parse_only("a,depth") == {"a", "depth"}
+    with pytest.raises(Exception, match="use letters"):
+        suite.parse_only("z")
+
+
+def test_raw_several_in_flight_write_every_byte(tmp: Path) -> None:
+    target = tmp / "raw.bin"
+    total = (5 << 20) + 4096
+    try:
+        r = raw_odirect_write(
+            target, total, 1 << 20, in_flight=4, prealloc_bytes=total + (1 << 20)
+        )
+    except ODirectUnsupportedError as e:
+        pytest.skip(f"O_DIRECT unsupported on {tmp}: {e}")
+    assert r["in_flight"] == 4 and r["gbps"] > 0
+    assert sum(n for _, n in r["completions"]) == total
+    assert target.stat().st_size == total + (1 << 20)  # preallocated size kept
+
+
+@pytest.mark.skipif(fio_path() is None, reason="fio not installed")
+def test_fio_reference_writes_whole_blocks(tmp: Path) -> None:
+    try:
+        r = fio_write(tmp / "fio.bin", (8 << 20) + 4096, block_bytes=1 << 20, iodepth=4)
+    except RuntimeError as e:  # e.g. no io_uring in this sandbox
+        pytest.skip(str(e))
+    assert r["bytes"] == 8 << 20 and r["gbps"] > 0
+
+
+def test_plot_points_and_rounds(tmp: Path) -> None:
+    rows = [
+        ("mesowriter", rounds.spread([2.0, 2.5, 2.2])),
+        ("peer", rounds.spread([0.5])),
+    ]
+    refs = {"x1": rounds.spread([1.5, 1.8, 1.7]), "x8": rounds.spread([2.4, 2.6, 2.8])}
+    series = [[(0.1 * i, 2e9 + 1e8 * (i % 3)) for i in range(30)]] * 2
+    paths = [
+        plots.plot_points(rows, tmp / "points.png", references=refs, best="x8"),
+        plots.plot_rate_rounds(
+            {"mesowriter": series}, tmp / "rounds.png", hlines={"fio": 2.9e9}
+        ),
+    ]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pipeline_section_runs_and_cleans_up(tmp: Path) -> None:
+    """(h) end to end on tiny frames: producer process, discard stream, copies;
+    the dummy stream's companions and folder are gone afterwards."""
+    import argparse
+
+    from benchmarks._producer import Producer
+
+    args = argparse.Namespace(
+        pipeline_sizes=(64,), pipeline_gib=0.0, rounds=2, pipeline_dir=str(tmp)
+    )
+    with Producer(4 << 20) as producer:
+        h = suite.bench_pipeline(producer, args, 4 << 20)
+    size = h["sizes"]["64x64"]
+    assert size["frames"] == 8 and size["order"][0][-1] == "ring_worker"
+    for key in ("ring_worker_gbps", "copy_shared_gbps", "copy_ordinary_gbps"):
+        assert size[key]["n"] == 2 and size[key]["median"] > 0
+    assert size["ratio_shared"]["n"] == 2 and not size["failures"]
+    assert size["write_us_p99"]["median"] >= size["write_us_median"]["median"]
+    assert list(tmp.iterdir()) == []

@@ -22,6 +22,7 @@ from mesowriter.sinks._base import (
 _SINKS = {
     "ome-tiff": "mesowriter.sinks._tiff:TiffSink",
     "video": "mesowriter.sinks._video:VideoSink",
+    "discard": "mesowriter.sinks._discard:DiscardSink",  # kind= only: no suffix
 }
 
 
