@@ -121,6 +121,32 @@ class Journal:
         unlink(self.path)
 
 
+class MemoryJournal:
+    """The journal of a sink that keeps no files: the indices, in memory."""
+
+    def __init__(self) -> None:
+        from array import array
+
+        self.indices = array("q")
+        self.path = ""
+
+    @property
+    def records(self) -> int:
+        return len(self.indices)
+
+    def append(self, entries: Iterable[tuple[int, int, bytes]]) -> None:
+        self.indices.extend(i for i, _, _ in entries)
+
+    def sync(self) -> None:
+        """Nothing is kept, so nothing to make durable."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def remove(self) -> None:
+        """Nothing to remove."""
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

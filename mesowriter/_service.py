@@ -296,15 +296,16 @@ class WriterService:
         sink_cls.check(spec)
         spec = sink_cls.prepare(spec)  # e.g. codec choice, warned about here
         self._check_not_open(normalised_path(raw_path))
-        spec = msgspec.structs.replace(
-            spec,
-            path=prepare_output_path(
+        if sink_cls.keeps_files:
+            path = prepare_output_path(
                 raw_path,
                 overwrite,
                 sidecar=spec.sidecar_spec.path if spec.solo else None,
                 space_needed=sink_cls.space_needed(spec),
-            ),
-        )
+            )
+        else:  # nothing is written: the path only names the stream
+            path = normalised_path(raw_path)
+        spec = msgspec.structs.replace(spec, path=path)
         if spec.sidecar is None:
             spec = msgspec.structs.replace(spec, sidecar=spec.sidecar_spec)
         requested = ring_bytes or self.ring_bytes

@@ -44,7 +44,13 @@ import msgspec
 from mesowriter import _messages as m
 from mesowriter._errors import remote_error
 from mesowriter._faults import Faults
-from mesowriter._journal import Journal, iter_records, scan, write_group_sidecar
+from mesowriter._journal import (
+    Journal,
+    MemoryJournal,
+    iter_records,
+    scan,
+    write_group_sidecar,
+)
 from mesowriter._platform import atomic_write
 from mesowriter._report import FinishReason, ProducerStats, StreamReport, dropped_from
 from mesowriter._ring import STORES_IN_ORDER, FrameRing, RingLayout, SharedBlock
@@ -58,7 +64,7 @@ from mesowriter.sinks import (
     sink_class,
 )
 
-BATCH_BYTES = 32 * 1024 * 1024
+BATCH_BYTES = 64 * 1024 * 1024
 # A worker with open streams wakes itself this often to look at the rings, so
 # that producers need not wake it for every frame (see Stream.write).
 NAP_SECONDS = 0.01
@@ -90,10 +96,13 @@ class StreamRunner:
         self.final_frames: int | None = None  # already finalised on resume
         self.write_seconds = 0.0
         self.ring = FrameRing.attach(layout, block)
-        self.journal: Journal | None = None
+        self.journal: Journal | MemoryJournal | None = None
         self.resumed_from = 0
         try:
-            if resume:
+            if not self.sink.keeps_files:
+                self.sink.open(None)
+                self.journal = MemoryJournal()
+            elif resume:
                 self._resume()
             else:
                 self._open_new()
@@ -106,6 +115,11 @@ class StreamRunner:
             self.journal = PowerCutJournal(self.journal)  # type: ignore[assignment]
         self.committed = self.ring.read_cursor
         self.next = self.committed
+        # Batches and commits sized to the ring: several batches in flight
+        # and a commit due well before the ring fills, whatever its size.
+        data = self.ring.n_slots * self.ring.stride
+        self.batch_bytes = max(1, min(BATCH_BYTES, data // (spec.write_depth + 2)))
+        self.sink.commit_bytes = max(1, min(self.sink.commit_bytes, data // 4))
         # Where stores may be seen out of order, only frames a pipe message
         # announced are safe to read; on x86-64 the write cursor says it all.
         self.announced: int | None = None if STORES_IN_ORDER else self.next
@@ -196,7 +210,8 @@ class StreamRunner:
         while self.next < stop and sink.ready():
             first = self.next
             single = first < self.by_frame_until
-            count = 1 if single else ring.run_length(first, stop, BATCH_BYTES)
+            count = 1 if single else ring.run_length(first, stop, self.batch_bytes)
+            count = sink.trim_batch(count)
             try:
                 self.faults.before_write(first, count)
             except OSError:
@@ -280,10 +295,11 @@ class StreamRunner:
         if self.final_frames is None:
             self._finalise(reason, extra)
         report = self._report(reason, producer, written_by)
-        try:
-            atomic_write(report_path(self.spec.path), report.to_json())
-        except Exception as exc:
-            report.secondary_errors.append(f"writing the report: {exc!r}")
+        if self.sink.keeps_files:
+            try:
+                atomic_write(report_path(self.spec.path), report.to_json())
+            except Exception as exc:
+                report.secondary_errors.append(f"writing the report: {exc!r}")
         if self._sidecar_done and self.journal is not None and self.spec.solo:
             with suppress(OSError):
                 self.journal.remove()
@@ -301,6 +317,9 @@ class StreamRunner:
                 self._commit(self.sink.drain())
             except Exception as exc:
                 self._step_failed("writing the last frames", exc)
+        if not self.sink.keeps_files:
+            self._sink_summary = self.sink.close(reason, iter(()))
+            return
         jpath = journal_path(self.spec.path)
         finalised = False
         try:
@@ -371,7 +390,7 @@ class StreamRunner:
             metadata_frames_replaced=stats.metadata_frames_replaced,
             metadata_nonfinite=stats.metadata_nonfinite,
             metadata_truncated=stats.metadata_truncated,
-            sidecar=spec.sidecar_spec.path,
+            sidecar=spec.sidecar_spec.path if self.sink.keeps_files else None,
             sink=self._sink_summary or {},
             written_by=written_by,
             error=f"{err.type}: {err.message}" if err else None,
@@ -384,6 +403,8 @@ class StreamRunner:
 
     def _written_indices(self) -> list[int]:
         """Stream indices of the frames in the file, from the journal."""
+        if isinstance(self.journal, MemoryJournal):
+            return list(self.journal.indices)
         jpath = journal_path(self.spec.path)
         if os.path.exists(jpath):
             return [i for i, _ in iter_records(jpath, self.committed)]

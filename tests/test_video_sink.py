@@ -55,7 +55,7 @@ def _write(path: Path, frames: list[np.ndarray], **opts: Any) -> dict[str, Any]:
     sink.open()
     try:
         sink.submit(_batch(frames))
-        assert sink.collect() == list(range(len(frames)))  # encoded = committed
+        assert sink.drain() == list(range(len(frames)))  # encoded = committed
     finally:
         report = sink.close("done")
     return report

@@ -6,10 +6,9 @@ the way; tests need a fast end-to-end stream. This sink commits every frame
 it is given without reading or writing it.
 
 It has no suffixes, so no file name can ever choose it (`sink_for_path`
-never returns it): only `open_stream(path, kind="discard", ...)` does. The
-worker still writes its companions beside `path` (journal while open, then
-report and sidecar), so give it a name in a folder of its own and remove
-that folder afterwards.
+never returns it): only `open_stream(path, kind="discard", ...)` does.
+It keeps no files, so the worker writes no companions either: `path` only
+names the stream.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ class DiscardSink(SynchronousSink):
 
     kind: ClassVar[str] = "discard"
     suffixes: ClassVar[tuple[str, ...]] = ()  # never chosen by a name
+    keeps_files: ClassVar[bool] = False
 
     def open(self, resume: ResumeState | None = None) -> None:
         """Nothing to create; a resumed stream just goes on counting."""

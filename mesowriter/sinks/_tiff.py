@@ -38,6 +38,7 @@ longest run of written positions from 0.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import time
@@ -53,7 +54,15 @@ import numpy as np
 
 from mesowriter._layout import ImagejPlan, event_index, imagej_plan
 from mesowriter._spec import StreamSpec
-from mesowriter.sinks._base import BatchFailed, FrameBatch, ResumeState, Sink, SinkFinalised
+from mesowriter.sinks._base import (
+    COMMIT_BYTES,
+    COMMIT_SECONDS,
+    BatchFailed,
+    FrameBatch,
+    ResumeState,
+    Sink,
+    SinkFinalised,
+)
 from mesowriter._platform import AlignedFile, Mode, fsync_dir
 from mesowriter.sinks._tiff_format import (
     CLASSIC_LIMIT,
@@ -75,8 +84,6 @@ from mesowriter.sinks._tiff_format import (
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.btf", ".tiff", ".tif", ".btf")
 OME_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.btf")
 CLASSIC_SUFFIXES = (".tif", ".tiff")
-COMMIT_BYTES = 64 * 1024 * 1024
-COMMIT_SECONDS = 0.1
 GROW_BYTES = 256 * 1024 * 1024
 DEFAULT_WRITE_DEPTH = 4
 PROVISIONAL = (DESCRIPTION_CAPACITY, DESCRIPTION_OFFSET)
@@ -100,6 +107,7 @@ class _Pending:
     futures: list[Future[None]]
     nbytes: int
     done_at: float = 0.0
+    stage: Any = None  # the aligned buffer a staged batch was copied into
 
 
 @dataclass
@@ -138,7 +146,8 @@ class TiffSink(Sink):
         self._completed: list[_Pending] = []
         self._pool: ThreadPoolExecutor | None = None
         self._carry = b""  # the partial last page of staged pixels
-        self._stage: Any = None
+        self._stages: list[Any] = []  # free aligned buffers for staged batches
+        self.commit_bytes = COMMIT_BYTES  # the worker lowers it for small rings
         self._overflow = 0  # ImageJ positions handed out past the hyperstack
         self._assigned = 0  # frames given a position (submitted)
         self._inflight: set[int] = set()  # positions submitted, not committed
@@ -250,9 +259,21 @@ class TiffSink(Sink):
 
     # -- frames -------------------------------------------------------------------------
     def ready(self) -> bool:
-        if self._stage is not None and self._pending:
-            return False  # staged batches share an edge page: one at a time
+        if self._carry and self._pending:
+            return False  # the next staged batch shares a page with this one
         return len(self._pending) < self.depth
+
+    def trim_batch(self, count: int) -> int:
+        """Frames of a batch, cut so that a staged batch ends on a page
+        boundary where it can: then batches share no page and several can
+        be in flight, as when frames are a whole number of pages."""
+        f = self.file
+        fb = self.geo.frame_nbytes
+        if self.reordered or f is None or not f.direct or fb % f.alignment == 0:
+            return count
+        unit = f.alignment // math.gcd(fb, f.alignment)
+        over = (self._assigned + count) % unit
+        return count - over if count > over else count
 
     def submit(self, batch: FrameBatch) -> list[int]:
         """Start writing a batch; returns positions committed meanwhile (a
@@ -262,11 +283,11 @@ class TiffSink(Sink):
         positions = [self._place(fr.metadata) for fr in batch.frames]
         committed = self._ensure_room(max(positions) + 1)
         self._write_unlinked_ifds(positions)
-        futures = self._write_pixels(batch, positions)
+        futures, stage = self._write_pixels(batch, positions)
         st = self.state
         st.top = max(st.top, max(positions) + 1)
         nbytes = len(positions) * self.geo.frame_nbytes
-        self._pending.append(_Pending(positions, futures, nbytes))
+        self._pending.append(_Pending(positions, futures, nbytes, stage=stage))
         if self._on_io is not None:
             for fu in futures:
                 fu.add_done_callback(self._on_io)
@@ -388,7 +409,9 @@ class TiffSink(Sink):
 
     _desc0: tuple[int, int] | None = PROVISIONAL
 
-    def _write_pixels(self, batch: FrameBatch, positions: list[int]) -> list[Future[None]]:
+    def _write_pixels(
+        self, batch: FrameBatch, positions: list[int]
+    ) -> tuple[list[Future[None]], Any]:
         f = self.file
         assert f is not None and self._pool is not None
         geo = self.geo
@@ -398,15 +421,15 @@ class TiffSink(Sink):
         if contiguous and batch.slot_stride == fb and (not f.direct or fb % f.alignment == 0):
             # The slots are the file's bytes: one write straight from the ring.
             span = batch.span[: len(positions) * fb]
-            return [pool.submit(f.pwrite, span, geo.pixel_offset(positions[0]))]
+            return [pool.submit(f.pwrite, span, geo.pixel_offset(positions[0]))], None
         if contiguous and f.direct:
-            return [self._write_staged(batch, positions[0])]
+            return self._write_staged(batch, positions[0])
         return [
             pool.submit(f.pwrite, fr.pixels.reshape(-1).view(np.uint8), geo.pixel_offset(p))
             for fr, p in zip(batch.frames, positions, strict=True)
-        ]
+        ], None
 
-    def _write_staged(self, batch: FrameBatch, first: int) -> Future[None]:
+    def _write_staged(self, batch: FrameBatch, first: int) -> tuple[list[Future[None]], Any]:
         """Copy frames into an aligned buffer (this process's copy, not the
         acquisition's), with the previous batch's partial page in front."""
         f = self.file
@@ -420,21 +443,28 @@ class TiffSink(Sink):
         base = start - start % align
         lead = start - base
         size = round_up(end - base, align)
-        if self._stage is None or len(self._stage) < size:
-            self._stage = page_aligned_buffer(max(size, COMMIT_BYTES))
-        buf = memoryview(self._stage)
+        stage = next((b for b in self._stages if len(b) >= size), None)
+        if stage is None:
+            stage = page_aligned_buffer(max(size, self.commit_bytes))
+        else:
+            self._stages.remove(stage)
+        buf = memoryview(stage)
         if lead:
             carry = self._carry if len(self._carry) == lead else f.pread(lead, base)
             buf[:lead] = carry
-        at = lead
-        for fr in batch.frames:
-            raw = fr.pixels.reshape(-1).view(np.uint8)
-            buf[at : at + raw.size] = raw
-            at += raw.size
-        buf[at:size] = bytes(size - at)
+        n = end - start
+        if batch.slot_stride == self.geo.frame_nbytes:
+            buf[lead : lead + n] = batch.span[:n]  # one copy of the whole batch
+        else:
+            at = lead
+            for fr in batch.frames:
+                raw = fr.pixels.reshape(-1).view(np.uint8)
+                buf[at : at + raw.size] = raw
+                at += raw.size
+        buf[lead + n : size] = bytes(size - lead - n)
         tail_start = (end - base) - (end - base) % align
         self._carry = bytes(buf[tail_start : end - base])
-        return self._pool.submit(f.pwrite, buf[:size], base)
+        return [self._pool.submit(f.pwrite, buf[:size], base)], stage
 
     # -- commits ------------------------------------------------------------------------
     def on_io(self, callback: Any) -> None:
@@ -471,6 +501,7 @@ class TiffSink(Sink):
                 break
             self._pending.popleft()
             error = _first_error(head.futures)
+            self._give_back_stage(head)
             if error is not None:
                 self._fail_batch(head, error)
             head.done_at = now
@@ -479,7 +510,7 @@ class TiffSink(Sink):
             return []
         due = (
             force
-            or sum(p.nbytes for p in self._completed) >= COMMIT_BYTES
+            or sum(p.nbytes for p in self._completed) >= self.commit_bytes
             or now - self._completed[0].done_at >= COMMIT_SECONDS
         )
         return self._commit() if due else []
@@ -490,6 +521,7 @@ class TiffSink(Sink):
         self._pending.clear()
         for p in later:
             _first_error(p.futures)  # wait; their bytes are never linked
+            self._give_back_stage(p)
         discarded = [head, *later]
         for p in discarded:
             self._inflight.difference_update(p.positions)
@@ -501,6 +533,11 @@ class TiffSink(Sink):
             sum(len(p.positions) for p in discarded),
             error,
         )
+
+    def _give_back_stage(self, p: _Pending) -> None:
+        if p.stage is not None:
+            self._stages.append(p.stage)
+            p.stage = None
 
     def drain(self) -> list[int]:
         """Wait for every write in flight and commit it all."""
