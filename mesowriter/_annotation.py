@@ -129,7 +129,9 @@ class AnnotationWriter:
         meta, stdlib = decode_json(raw)
         if type(meta) is not dict:
             kind = -1 if stdlib is not None else -2
-            value = meta if stdlib is not None else bytes(raw).decode("utf-8", "replace")
+            value = (
+                meta if stdlib is not None else bytes(raw).decode("utf-8", "replace")
+            )
             self.lines.append(dumps([frame_index, kind, value], bool(stdlib)))
             self.planes.append(EMPTY_PLANE)
             return

@@ -121,7 +121,7 @@ class UnsyncedLog:
     """What a power cut would take back: every unsynced write, per file."""
 
     _lock = threading.Lock()
-    _files: dict[str, _FileLog] = {}  # noqa: RUF012 - one per worker process
+    _files: dict[str, _FileLog] = {}
 
     @classmethod
     def record(cls, path: str, offset: int, length: int) -> None:

@@ -75,7 +75,9 @@ class Journal:
         tmp = temp_sibling(path)
         fd = open_exclusive(tmp)
         try:
-            _write_all(fd, _encoder.encode(JournalHeader(JOURNAL_VERSION, spec)) + b"\n")
+            _write_all(
+                fd, _encoder.encode(JournalHeader(JOURNAL_VERSION, spec)) + b"\n"
+            )
             os.fsync(fd)
             replace(tmp, path)
         except BaseException:

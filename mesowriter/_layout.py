@@ -313,7 +313,7 @@ def hypercube_layout(sequence: dict[str, Any], planes: list[Plane]) -> Layout | 
     )
 
 
-# -- ImageJ hyperstacks -----------------------------------------------------------------
+# -- ImageJ hyperstacks ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,9 @@ class ImagejPlan:
     def position(self, index: Mapping[str, int]) -> int | None:
         """The file position (plane number) of an event index, or None."""
         t, z, c = index.get("t", 0), index.get("z", 0), index.get("c", 0)
-        if not (0 <= t < self.frames and 0 <= z < self.slices and 0 <= c < self.channels):
+        if not (
+            0 <= t < self.frames and 0 <= z < self.slices and 0 <= c < self.channels
+        ):
             return None
         return (t * self.slices + z) * self.channels + c
 

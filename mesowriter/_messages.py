@@ -100,7 +100,9 @@ class StreamClosed(msgspec.Struct, frozen=True, tag=True):
     report: bytes  # StreamReport JSON
 
 
-ToWorker = MapBlock | UnmapBlock | OpenStream | Doorbell | WantSpace | CloseStream | Shutdown
+ToWorker = (
+    MapBlock | UnmapBlock | OpenStream | Doorbell | WantSpace | CloseStream | Shutdown
+)
 ToParent = BlockMapped | StreamOpened | Space | StreamFailed | StreamClosed
 
 encoder = msgspec.msgpack.Encoder()

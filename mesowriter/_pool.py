@@ -93,7 +93,9 @@ class RingPool:
             self._on_block(block)
 
     # -- regions ---------------------------------------------------------------------
-    def acquire(self, nbytes: int, *, wait_for_warm: bool = True) -> tuple[Region, SharedBlock] | None:
+    def acquire(
+        self, nbytes: int, *, wait_for_warm: bool = True
+    ) -> tuple[Region, SharedBlock] | None:
         """A free region of `nbytes` in a warm block, or None (fast)."""
         need = round_up(nbytes)
         if wait_for_warm:
@@ -140,7 +142,9 @@ class RingPool:
 
     def free_bytes(self) -> int:
         with self._lock:
-            return sum(s for n, r in self._free.items() if n not in self._extra for _, s in r)
+            return sum(
+                s for n, r in self._free.items() if n not in self._extra for _, s in r
+            )
 
     @property
     def blocks(self) -> list[SharedBlock]:

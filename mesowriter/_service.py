@@ -198,7 +198,11 @@ class WriterService:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         reason = "completed"
         if exc_type is not None:
-            reason = "interrupted" if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) else "canceled"
+            reason = (
+                "interrupted"
+                if issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+                else "canceled"
+            )
         self.close(reason=reason)
 
     @property
@@ -322,7 +326,9 @@ class WriterService:
         )
         self._start()
         region, block = self._take_region(layout.region_bytes)
-        layout = msgspec.structs.replace(layout, block=region.block, offset=region.offset)
+        layout = msgspec.structs.replace(
+            layout, block=region.block, offset=region.offset
+        )
         ring = FrameRing.create(layout, block)
         try:
             with self._lock:

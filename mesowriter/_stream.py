@@ -274,7 +274,9 @@ class Stream:
         worker.send(m.Doorbell(self.spec.stream_id, self._published))
         if self._close_msg is not None:
             msg = self._close_msg
-            producer = msgspec.structs.replace(msg.producer, worker_restarts=self.restarts)
+            producer = msgspec.structs.replace(
+                msg.producer, worker_restarts=self.restarts
+            )
             worker.send(msgspec.structs.replace(msg, producer=producer))
         self._space.set()  # a blocked producer asks the new worker again
 
@@ -351,7 +353,9 @@ class Stream:
         drops = {k: list(v) for k, v in self._drops.items() if v}
         unwritten = [i for i in self._published_index[written:] if i not in written_idx]
         if unwritten:
-            drops["stream_error"] = sorted(set(drops.get("stream_error", [])) | set(unwritten))
+            drops["stream_error"] = sorted(
+                set(drops.get("stream_error", [])) | set(unwritten)
+            )
         dropped = dropped_from(drops)
         err = self._remote
         stats = self.producer_stats()

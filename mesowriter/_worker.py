@@ -187,9 +187,7 @@ class StreamRunner:
             self.announced = max(self.announced, published)
 
     def pending(self) -> bool:
-        return not self.done and (
-            self.published() > self.next or self.sink.in_flight()
-        )
+        return not self.done and (self.published() > self.next or self.sink.in_flight())
 
     # -- the work ---------------------------------------------------------------------
     def pump(self) -> bool:
@@ -277,7 +275,7 @@ class StreamRunner:
         with suppress(Exception):
             self._commit(self.sink.drain())
 
-    # -- the end ---------------------------------------------------------------------------
+    # -- the end -----------------------------------------------------------------------
     def close(
         self,
         reason: str,
@@ -593,9 +591,9 @@ class Worker:
             self._answer_want(sid)
         for sid in [s for s in self.closing if self._close_ready(s)]:
             close = self.closing.pop(sid)
-            runner = self.streams.pop(sid, None)
-            if runner is None:  # never opened here (a resume that failed)
+            if sid not in self.streams:  # never opened here (a failed resume)
                 continue
+            runner = self.streams.pop(sid)
             report = runner.close(close.reason, close.producer, close.extra_metadata)
             runner.faults.after_close()
             self.send(m.StreamClosed(sid, report.to_json()))

@@ -152,7 +152,7 @@ class Workers:
             self._wake_r.close()
             self._wake_w.close()
 
-    # -- the monitor thread ---------------------------------------------------------------
+    # -- the monitor thread ------------------------------------------------------------
     def wake(self) -> None:
         with suppress(OSError):
             self._wake_w.send_bytes(b"w")

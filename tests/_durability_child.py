@@ -63,6 +63,7 @@ def main() -> None:
             stream.close()
             print("CLOSED", flush=True)
         elif mode == "fullring":
+
             def tell() -> None:
                 time.sleep(0.5)
                 print("BLOCKED", flush=True)

@@ -32,7 +32,9 @@ def _mapped_by_others(names: set[str]) -> set[str]:
         if proc.pid in ours:
             continue
         try:
-            with open(f"/proc/{proc.pid}/maps", encoding="utf-8", errors="replace") as fh:
+            with open(
+                f"/proc/{proc.pid}/maps", encoding="utf-8", errors="replace"
+            ) as fh:
                 maps = fh.read()
         except OSError:
             continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,8 +20,8 @@ import tifffile
 
 import mesowriter
 from mesowriter import StreamReport, WriterError, WriterService
-from mesowriter.sinks._omexml import sidecar_from_ome_xml
 from mesowriter._recover import RecoverError, recover
+from mesowriter.sinks._omexml import sidecar_from_ome_xml
 from tests.conftest import index_frame
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -119,7 +119,7 @@ def test_a_worker_killed_after_finalising_is_not_followed_by_a_rewrite(
     assert [m["i"] for m in _sidecar(path)] == list(range(300))
 
 
-# -- a power cut ------------------------------------------------------------------------
+# -- a power cut -----------------------------------------------------------------------
 SHAPE_BIG = (256, 256)
 
 
@@ -223,7 +223,7 @@ def test_power_cut_on_a_real_ext4_image_copied_at_the_kill(tmp_path: Path) -> No
         subprocess.run(["umount", str(mnt2)], check=False)
 
 
-# -- one owner per file ------------------------------------------------------------------
+# -- one owner per file ----------------------------------------------------------------
 def test_recover_refuses_a_file_that_a_live_writer_still_drains(
     tmp_path: Path,
 ) -> None:
@@ -281,7 +281,7 @@ def test_a_second_writer_is_refused_on_a_live_file(tmp_path: Path) -> None:
     _wait_until(lambda: _gone(int(worker)), "the writer to exit")
 
 
-# -- every frame accounted -----------------------------------------------------------------
+# -- every frame accounted -------------------------------------------------------------
 def test_a_report_exists_when_the_acquisition_dies_during_close(
     tmp_path: Path,
 ) -> None:
@@ -318,7 +318,7 @@ def test_a_signal_while_write_waits_on_a_full_ring_is_accounted(
     assert len(_frames(path, (64, 64))) == report.frames_written
 
 
-# -- nothing left behind --------------------------------------------------------------------
+# -- nothing left behind ---------------------------------------------------------------
 def test_a_closed_terminal_finalises_and_leaves_no_shared_memory(
     tmp_path: Path,
 ) -> None:
@@ -361,7 +361,8 @@ core.setProperty("Camera", "OnCameraCCDYSize", 48)
 core.setExposure(10)
 writer = CustomWriter(sys.argv[1])
 core.mda.events.frameReady.connect(lambda *a: print("FRAME", flush=True))
-core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 100000}), output=writer)
+seq = useq.MDASequence(time_plan={"interval": 0, "loops": 100000})
+core.mda.run(seq, output=writer)
 """
 
 

@@ -234,9 +234,7 @@ def test_existing_file_and_resume_are_refused(tmp_path: Path) -> None:
         VideoSink(_spec(tmp_path / "e.avi", frame, fourcc="MJPG")).open()
     assert (tmp_path / "e.avi").read_bytes() == b"keep"
     with pytest.raises(VideoResumeError):
-        VideoSink(_spec(tmp_path / "r.avi", frame, fourcc="MJPG")).open(
-            ResumeState(5)
-        )
+        VideoSink(_spec(tmp_path / "r.avi", frame, fourcc="MJPG")).open(ResumeState(5))
 
 
 def test_bad_frame_raises_not_skipped(tmp_path: Path) -> None:

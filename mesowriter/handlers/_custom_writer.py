@@ -154,7 +154,10 @@ class CustomWriter:
         """Refuse a file name this writer cannot write (subclasses override)."""
         sink = sink_for_path(name) if name else None
         if sink is None or sink.kind != cls._kind:
-            raise ValueError(f"{name!r}: CustomWriter writes TIFF; use .ome.tif, .ome.tiff, .tif or .tiff")
+            raise ValueError(
+                f"{name!r}: CustomWriter writes TIFF; use .ome.tif, .ome.tiff, "
+                ".tif or .tiff"
+            )
 
     @property
     def filename(self) -> str:
@@ -188,7 +191,9 @@ class CustomWriter:
         here = threading.current_thread()
         if here is not threading.main_thread() and hasattr(here, "stop"):
             self._relay = weakref.ref(here)  # pymmcore-plus's relay thread
-        self._sequence_json, dropped = sequence_json(seq) if seq is not None else (None, 0)
+        self._sequence_json, dropped = (
+            sequence_json(seq) if seq is not None else (None, 0)
+        )
         if dropped:
             self.notes.append(
                 f"{dropped} value(s) of the sequence's metadata could not become "
@@ -208,7 +213,8 @@ class CustomWriter:
         for change in keys.describe() + files.describe():
             self.notes.append(f"position name {change}")
         self._keys_by_p = {
-            i: (k, c) for i, (k, c) in enumerate(zip(keys.names, files.names, strict=True))
+            i: (k, c)
+            for i, (k, c) in enumerate(zip(keys.names, files.names, strict=True))
         }
         self._expected = _expected_frames(seq, len(self._keys_by_p))
         self._cameras = _cameras(self._summary)
@@ -237,7 +243,9 @@ class CustomWriter:
         info: tuple[tuple[int, ...], str] | None,
     ) -> _File:
         parts = pos_part + cam_part
-        path = position_path(self._filename, "_".join(parts)) if parts else self._filename
+        path = (
+            position_path(self._filename, "_".join(parts)) if parts else self._filename
+        )
         f = _File(key, path, p, camera, self._expected.get(p), *(info or (None, None)))
         self._files[key] = f
         self._by_source[(p, camera)] = f
@@ -293,7 +301,9 @@ class CustomWriter:
             cam_part = ""
         if file_key in self._files:
             file_key = f"{file_key}_{len(self._files)}"
-        self.notes.append(f"frames of {file_key!r} were not in the plan; written to their own file")
+        self.notes.append(
+            f"frames of {file_key!r} were not in the plan; written to their own file"
+        )
         return self._add_file(file_key, p, camera, parts[:1], parts[1:], None)
 
     def _try_open(self, f: _File, shape: tuple[int, ...], dtype: Any) -> Stream | None:
@@ -487,7 +497,6 @@ class CustomWriter:
             data = inner
         return {k: v for k, v in data.items() if isinstance(v, list)}
 
-
     def _finish_at_exit(self) -> None:
         """The interpreter is exiting mid-run (Ctrl-C escaped `core.mda.run`).
 
@@ -545,7 +554,9 @@ def _summary_json(
         return None
     data, dropped = plain_json({k: v for k, v in meta.items() if k != "mda_sequence"})
     if dropped:
-        notes.append(f"{dropped} value(s) of the summary metadata could not become JSON")
+        notes.append(
+            f"{dropped} value(s) of the summary metadata could not become JSON"
+        )
     return data if isinstance(data, dict) else None
 
 
@@ -564,7 +575,8 @@ def _cameras(summary: dict[str, Any] | None) -> list[str | None]:
         physical = [
             p.get("value")
             for p in device.get("properties") or []
-            if isinstance(p, dict) and str(p.get("name", "")).startswith("Physical Camera")
+            if isinstance(p, dict)
+            and str(p.get("name", "")).startswith("Physical Camera")
         ]
         cams = [c for c in physical if isinstance(c, str) and c and c != "Undefined"]
         if cams:

@@ -17,12 +17,6 @@ from __future__ import annotations
 
 import abc
 import time
-
-# A commit (sync, then journal) is due every COMMIT_BYTES or COMMIT_SECONDS,
-# whichever comes first: often enough that a power cut loses little, rarely
-# enough that syncs cost nothing measurable (see README, Durability).
-COMMIT_BYTES = 64 * 1024 * 1024
-COMMIT_SECONDS = 0.1
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -30,6 +24,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mesowriter._spec import StreamSpec
+
+# A commit (sync, then journal) is due every COMMIT_BYTES or COMMIT_SECONDS,
+# whichever comes first: often enough that a power cut loses little, rarely
+# enough that syncs cost nothing measurable (see README, Durability).
+COMMIT_BYTES = 64 * 1024 * 1024
+COMMIT_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class Sink(abc.ABC):
     def recover(cls, path: str, **options: Any) -> Any:
         raise ValueError(f"{path}: {cls.kind} files cannot be recovered")
 
-    # -- writing, in the worker ----------------------------------------------------------
+    # -- writing, in the worker --------------------------------------------------------
     @abc.abstractmethod
     def open(self, resume: ResumeState | None = None) -> None:
         """Create the output, or reopen it holding `resume.committed` frames."""

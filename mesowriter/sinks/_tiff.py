@@ -53,6 +53,7 @@ import msgspec
 import numpy as np
 
 from mesowriter._layout import ImagejPlan, event_index, imagej_plan
+from mesowriter._platform import AlignedFile, Mode, fsync_dir
 from mesowriter._spec import StreamSpec
 from mesowriter.sinks._base import (
     COMMIT_BYTES,
@@ -63,7 +64,6 @@ from mesowriter.sinks._base import (
     Sink,
     SinkFinalised,
 )
-from mesowriter._platform import AlignedFile, Mode, fsync_dir
 from mesowriter.sinks._tiff_format import (
     CLASSIC_LIMIT,
     DESCRIPTION_CAPACITY,
@@ -95,7 +95,7 @@ def tiff_suffix(path: str) -> str | None:
 
 
 def tiff_format(path: str) -> str:
-    """"ome" for `.ome.tif(f)` names, "imagej" for other TIFF names."""
+    """ "ome" for `.ome.tif(f)` names, "imagej" for other TIFF names."""
     return "ome" if path.lower().endswith(OME_SUFFIXES) else "imagej"
 
 
@@ -104,7 +104,7 @@ class _Pending:
     """One submitted batch: its frames' file positions and its writes."""
 
     positions: list[int]
-    futures: list[Future[None]]
+    futures: list[Future[int]]
     nbytes: int
     done_at: float = 0.0
     stage: Any = None  # the aligned buffer a staged batch was copied into
@@ -161,14 +161,17 @@ class TiffSink(Sink):
     @classmethod
     def check(cls, spec: StreamSpec) -> None:
         if tiff_suffix(spec.path) is None:
-            raise ValueError(f"{spec.path!r}: a TIFF path must end in one of {TIFF_SUFFIXES}")
+            raise ValueError(
+                f"{spec.path!r}: a TIFF path must end in one of {TIFF_SUFFIXES}"
+            )
         dtype = np.dtype(spec.dtype)
         if dtype.str[1:] not in WRITABLE_DTYPES:
             raise ValueError(f"TIFF cannot hold pixels of dtype {dtype}")
         shape = spec.shape
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
             raise ValueError(
-                f"TIFF frames must be (height, width) or (height, width, 3); got {shape}"
+                "TIFF frames must be (height, width) or (height, width, 3); "
+                f"got {shape}"
             )
         if any(int(s) <= 0 for s in shape):
             raise ValueError(f"frame shape {shape} holds no pixels")
@@ -206,7 +209,9 @@ class TiffSink(Sink):
         # Scattered frames of a size direct I/O cannot take go through the cache.
         unaligned = self.geo.frame_nbytes % PAGE != 0
         direct = spec.direct_io and not (self.reordered and unaligned)
-        f = self.file = _with_faults(AlignedFile(spec.path, mode=mode, direct=direct), spec)
+        f = self.file = _with_faults(
+            AlignedFile(spec.path, mode=mode, direct=direct), spec
+        )
         self.geo = Geometry(tuple(spec.shape), spec.dtype, _front_capacity(spec))
         if spec.frames is not None:
             self._reserved = self.geo.data_end(spec.frames)
@@ -232,7 +237,9 @@ class TiffSink(Sink):
         )
         block = newest_block(f.pread(PAGE, 0))
         if block is None:
-            raise RuntimeError(f"{self.spec.path}: no mesowriter header block to resume from")
+            raise RuntimeError(
+                f"{self.spec.path}: no mesowriter header block to resume from"
+            )
         if block.state == "final":
             raise SinkFinalised(f"{self.spec.path} is already final", block.committed)
         self.geo = block.geometry()
@@ -241,12 +248,16 @@ class TiffSink(Sink):
         st = self.state
         st.committed = self._assigned = resume.committed
         self._reserved = f.size()
-        positions = resume.positions if self.reordered else list(range(resume.committed))
+        positions = (
+            resume.positions if self.reordered else list(range(resume.committed))
+        )
         for p in positions:
             self._mark(p)
         st.top = max(positions, default=-1) + 1
         images = self.plan.images if self.plan is not None else 0
-        self._overflow = max((p + 1 - images for p in positions if p >= images), default=0)
+        self._overflow = max(
+            (p + 1 - images for p in positions if p >= images), default=0
+        )
         st.prefix = self._prefix_from(0)
         # Relink exactly the durable prefix: a frame past it is written again.
         if st.prefix:
@@ -257,7 +268,7 @@ class TiffSink(Sink):
         st.declared = -1
         self._write_description(st.prefix)
 
-    # -- frames -------------------------------------------------------------------------
+    # -- frames ------------------------------------------------------------------------
     def ready(self) -> bool:
         if self._carry and self._pending:
             return False  # the next staged batch shares a page with this one
@@ -393,9 +404,13 @@ class TiffSink(Sink):
             if p == 0:
                 nxt = geo.ifd_offset(1, self.tail) if linked_until > 1 else 0
                 ifd0 = self.codec.build(
-                    pixel_offset=geo.pixel_offset(0), next_ifd=nxt, description=self._desc0
+                    pixel_offset=geo.pixel_offset(0),
+                    next_ifd=nxt,
+                    description=self._desc0,
                 )
-                f.pwrite_meta(ifd0.ljust(self.codec.stride, b"\x00"), geo.ifd_offset(0, 0))
+                f.pwrite_meta(
+                    ifd0.ljust(self.codec.stride, b"\x00"), geo.ifd_offset(0, 0)
+                )
                 start = 1
             if start < seg_stop:
                 pix = [geo.pixel_offset(q) for q in range(start, seg_stop)]
@@ -411,25 +426,35 @@ class TiffSink(Sink):
 
     def _write_pixels(
         self, batch: FrameBatch, positions: list[int]
-    ) -> tuple[list[Future[None]], Any]:
+    ) -> tuple[list[Future[int]], Any]:
         f = self.file
         assert f is not None and self._pool is not None
         geo = self.geo
         fb = geo.frame_nbytes
-        contiguous = positions == list(range(positions[0], positions[0] + len(positions)))
+        contiguous = positions == list(
+            range(positions[0], positions[0] + len(positions))
+        )
         pool = self._pool
-        if contiguous and batch.slot_stride == fb and (not f.direct or fb % f.alignment == 0):
+        if (
+            contiguous
+            and batch.slot_stride == fb
+            and (not f.direct or fb % f.alignment == 0)
+        ):
             # The slots are the file's bytes: one write straight from the ring.
             span = batch.span[: len(positions) * fb]
             return [pool.submit(f.pwrite, span, geo.pixel_offset(positions[0]))], None
         if contiguous and f.direct:
             return self._write_staged(batch, positions[0])
         return [
-            pool.submit(f.pwrite, fr.pixels.reshape(-1).view(np.uint8), geo.pixel_offset(p))
+            pool.submit(
+                f.pwrite, fr.pixels.reshape(-1).view(np.uint8), geo.pixel_offset(p)
+            )
             for fr, p in zip(batch.frames, positions, strict=True)
         ], None
 
-    def _write_staged(self, batch: FrameBatch, first: int) -> tuple[list[Future[None]], Any]:
+    def _write_staged(
+        self, batch: FrameBatch, first: int
+    ) -> tuple[list[Future[int]], Any]:
         """Copy frames into an aligned buffer (this process's copy, not the
         acquisition's), with the previous batch's partial page in front."""
         f = self.file
@@ -459,14 +484,14 @@ class TiffSink(Sink):
             at = lead
             for fr in batch.frames:
                 raw = fr.pixels.reshape(-1).view(np.uint8)
-                buf[at : at + raw.size] = raw
+                buf[at : at + raw.size] = raw.data
                 at += raw.size
         buf[lead + n : size] = bytes(size - lead - n)
         tail_start = (end - base) - (end - base) % align
         self._carry = bytes(buf[tail_start : end - base])
         return [self._pool.submit(f.pwrite, buf[:size], base)], stage
 
-    # -- commits ------------------------------------------------------------------------
+    # -- commits -----------------------------------------------------------------------
     def on_io(self, callback: Any) -> None:
         """Call `callback(future)` whenever a write finishes (wakes the worker)."""
         self._on_io = callback
@@ -713,7 +738,9 @@ class TiffSink(Sink):
 
     def _classic_ok(self, n: int) -> bool:
         """ImageJ reads only classic TIFF: use it whenever the file fits."""
-        if self.format != "imagej" or not self.spec.path.lower().endswith(CLASSIC_SUFFIXES):
+        if self.format != "imagej" or not self.spec.path.lower().endswith(
+            CLASSIC_SUFFIXES
+        ):
             return False
         return self.geo.data_end(n) + n * 256 + 2 * PAGE < CLASSIC_LIMIT
 
@@ -861,7 +888,10 @@ def finalise_tiff(
             desc_at = round_up((new_tail if new_tail else tail) + tail_bytes, 16)
             if new_tail != tail:
                 pix = [geo.pixel_offset(k) for k in range(fc, n)]
-                nxt = [new_tail + (k + 1 - fc) * 512 if k + 1 < n else 0 for k in range(fc, n)]
+                nxt = [
+                    new_tail + (k + 1 - fc) * 512 if k + 1 < n else 0
+                    for k in range(fc, n)
+                ]
                 f.pwrite_meta(bytes(codec.run(pix, nxt)), new_tail)
         f.pwrite_meta(text, desc_at)
         end = desc_at + len(text)
@@ -873,11 +903,15 @@ def finalise_tiff(
                 description=(len(text), desc_at) if fc == 1 else None,
             )
             if fc > 1:
-                f.pwrite_meta(last_front.ljust(512, b"\x00"), geo.ifd_offset(fc - 1, tail))
+                f.pwrite_meta(
+                    last_front.ljust(512, b"\x00"), geo.ifd_offset(fc - 1, tail)
+                )
         first_ifd = geo.ifd_offset(0, new_tail)
         nxt0 = geo.ifd_offset(1, new_tail) if n > 1 else 0
         ifd0 = codec.build(
-            pixel_offset=geo.pixel_offset(0), next_ifd=nxt0, description=(len(text), desc_at)
+            pixel_offset=geo.pixel_offset(0),
+            next_ifd=nxt0,
+            description=(len(text), desc_at),
         )
         f.pwrite_meta(ifd0.ljust(512, b"\x00"), first_ifd)
         f.pwrite_meta(header_bytes(first_ifd, bigtiff=True), 0)

@@ -257,7 +257,7 @@ def header_bytes(first_ifd: int, *, bigtiff: bool) -> bytes:
 def read_header(raw: bytes) -> tuple[bool, int]:
     """(bigtiff, first IFD) of a little-endian TIFF header; ValueError otherwise."""
     if len(raw) >= 16 and raw[:4] == b"II+\x00":
-        order, _, size, zero, first = _BIGTIFF_HEADER.unpack_from(raw)
+        _, _, size, zero, first = _BIGTIFF_HEADER.unpack_from(raw)
         if (size, zero) != (8, 0):
             raise ValueError("malformed BigTIFF header")
         return True, int(first)

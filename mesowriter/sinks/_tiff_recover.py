@@ -26,19 +26,20 @@ import msgspec
 import numpy as np
 
 from mesowriter._journal import MISSING_METADATA, read_header, scan, write_group_sidecar
-from mesowriter._untrusted import read_journal_header
 from mesowriter._platform import FileLockedError, atomic_write, probe_lock, unlink
 from mesowriter._report import FinishReason, StreamReport, dropped_from
 from mesowriter._spec import SidecarSpec, StreamSpec, journal_path, report_path
+from mesowriter._untrusted import read_journal_header
 from mesowriter.sinks._base import ResumeState
 from mesowriter.sinks._tiff import TiffSink
 from mesowriter.sinks._tiff_format import (
     PAGE,
     HeaderBlock,
     newest_block,
+)
+from mesowriter.sinks._tiff_format import (
     read_header as read_tiff_header,
 )
-
 
 
 def recover_tiff(path: str, *, overwrite_sidecar: bool = True) -> Any:
@@ -81,7 +82,10 @@ def recover_tiff(path: str, *, overwrite_sidecar: bool = True) -> Any:
         )
     if spec is None:
         spec = _spec_from_block(path, block)
-        notes.append("no journal: frame metadata is lost; the header block vouches for the frames")
+        notes.append(
+            "no journal: frame metadata is lost; the header block vouches for "
+            "the frames"
+        )
     elif tuple(spec.shape) != tuple(block.shape) or np.dtype(spec.dtype) != np.dtype(
         block.dtype
     ):

@@ -35,7 +35,6 @@ from mesowriter.video import (
 )
 from mesowriter.video._codecs import open_writer, probe
 
-
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
 
@@ -64,7 +63,8 @@ def stores_raw_16bit(opts: VideoOptions, dtype: npt.DTypeLike, channels: int) ->
     if opts.lossless:
         return True
     return (
-        codec_family(opts.fourcc) == "ffv1"
+        opts.fourcc is not None
+        and codec_family(opts.fourcc) == "ffv1"
         and opts.display_range is None
         and opts.bit_depth is None
         and not opts.per_frame_normalize
