@@ -255,6 +255,18 @@ def scenario_mda_gui(rec: Recorder, out: Path) -> None:
         rec.notes["writer"] = writer_info(types_ns(writer=writer))
         return meso.core.run_mda(seq, output=writer)
 
+    # mdagui passes save_path=None when "save" is unchecked: OMEWriter(None).
+    none_dir = out / "none_path"
+    none_dir.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(none_dir)
+    try:
+        OMEWriter(None)
+        rec.notes["writer_none_path"] = "constructed"
+    except Exception as exc:  # noqa: BLE001 - reported by run_compat.py
+        rec.notes["writer_none_path"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        os.chdir(cwd)
     thread = rec.call("core.run_mda(seq, output=OMEWriter(save_path))", run)
     if thread is not None:
         thread.join(60)

@@ -563,6 +563,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "compat-output"))
     ap.add_argument("--only", nargs="*", help="scenarios to run (default: all, and crash)")
+    ap.add_argument("--self-test", action="store_true",
+                    help="write 'ours' with the legacy writer too: every comparison must then "
+                         "pass (the absolute checks - multi camera, recover - cannot)")
     args = ap.parse_args()
     t_start = time.monotonic()
     out = Path(args.out).resolve()
@@ -575,9 +578,10 @@ def main() -> int:
     print(f"mesofield {importlib.metadata.version('mesofield')} | stand-ins: "
           f"{', '.join(_mesofield.STUBBED) or 'none'} | output: {out}", flush=True)
     results: dict[str, dict[str, Any]] = {}
+    run_as = {"legacy": "legacy", "mesowriter": "legacy" if args.self_test else "mesowriter"}
     for scenario in [s for s in SCENARIOS if s in wanted]:
         for impl in IMPLS:
-            r = run_scenario(py, impl, scenario, out / impl / scenario)
+            r = run_scenario(py, run_as[impl], scenario, out / impl / scenario)
             results[f"{impl}/{scenario}"] = r
             print(f"  wrote {scenario:<10} with {impl:<10} in {r['wall_seconds']:5.1f} s"
                   f" (exit {r['returncode']})", flush=True)
@@ -585,7 +589,7 @@ def main() -> int:
     if "crash" in wanted:
         for impl in IMPLS:
             t0 = time.monotonic()
-            crash[impl] = run_crash(py, impl, out / impl / "crash")
+            crash[impl] = run_crash(py, run_as[impl], out / impl / "crash")
             print(f"  crash     with {impl:<10} killed after "
                   f"{crash[impl]['frames_before_kill']} frames ({time.monotonic() - t0:4.1f} s)",
                   flush=True)
@@ -904,6 +908,13 @@ def check_mda_gui(rep: Report, rd: Readers, out: Path, results: dict[str, Any], 
                             output_path=(ours.get("notes") or {}).get("save_path"),
                             metadata_path=((ours.get("notes") or {}).get("writer") or {}).get("_frame_metadata_filename")))
     check_files_like_legacy(rep, area, out, "mda_gui")
+
+    def none_path() -> tuple[bool, str]:
+        a = (results["legacy/mda_gui"].get("notes") or {}).get("writer_none_path")
+        b = (ours.get("notes") or {}).get("writer_none_path")
+        return b == a, f"OMEWriter(None): ours {b!r}, legacy {a!r} (mdagui.py passes None when saving is off)"
+
+    rep.guard(area, "OMEWriter(None) constructs", none_path)
     sa = out / "legacy" / "mda_gui" / "mda" / "mda_run.ome.tiff_frame_metadata.json"
     sb = out / "mesowriter" / "mda_gui" / "mda" / "mda_run.ome.tiff_frame_metadata.json"
 
