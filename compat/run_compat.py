@@ -462,7 +462,8 @@ def first_diff(a: Any, b: Any, path: str = "") -> str | None:
             if d:
                 return d
         return None
-    return None if a == b else f"{path.rstrip('.')}: {short(b, 60)} != legacy {short(a, 60)}"
+    where = f"{path.rstrip('.')}: " if path else ""
+    return None if a == b else f"{where}{short(b, 60)} != legacy {short(a, 60)}"
 
 
 def cmp_equal(a: Any, b: Any) -> tuple[bool, str]:
