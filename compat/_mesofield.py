@@ -73,9 +73,13 @@ def use_writers(impl: str) -> dict[str, type]:
         return {"OMEWriter": mod.OMEWriter, "CV2Writer": mod.CV2Writer}
     if impl != "mesowriter":
         raise ValueError(impl)
-    import mesowriter
+    import mesowriter.legacy
 
-    classes = {"OMEWriter": mesowriter.CustomWriter, "CV2Writer": mesowriter.CV2Writer}
+    # the swap a lab makes: mesofield's writer names, from mesowriter.legacy
+    classes = {
+        "OMEWriter": mesowriter.legacy.OMEWriter,
+        "CV2Writer": mesowriter.legacy.CV2Writer,
+    }
     for module_name, attr in WRITER_SLOTS:
         module = importlib.import_module(module_name)
         if hasattr(module, attr):

@@ -183,10 +183,13 @@ class SharedBlock:
 
     @classmethod
     def attach(cls, name: str) -> SharedBlock:
-        """Map a block made by the parent (in a worker); never unlinks it."""
-        block = cls(_attach_untracked(name), owner=False)
-        block.touch(write=False)
-        return block
+        """Map a block made by the parent (in a worker); never unlinks it.
+
+        The pages exist already (the creator touched them); this process
+        maps them lazily, a minor fault per page on its first lap, off the
+        acquisition's threads.
+        """
+        return cls(_attach_untracked(name), owner=False)
 
     def touch(self, write: bool) -> None:
         """Fault every page in now: a cold page copies ten times slower."""
