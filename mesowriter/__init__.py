@@ -14,7 +14,11 @@ from mesowriter._errors import FrameRejected, WriterError
 from mesowriter._metadata import CustomJSONEncoder
 from mesowriter._recover import RecoverError, RecoverResult, recover
 from mesowriter._report import StreamReport
-from mesowriter._service import WriterService
+from mesowriter._service import (
+    WriterService,
+    configure_shared_service,
+    shared_service,
+)
 from mesowriter._spec import VideoOptions
 from mesowriter._stream import Stream
 
@@ -36,7 +40,10 @@ __all__ = [
     "WriterError",
     "WriterService",
     "configure_opencv_codec",
+    "configure_shared_service",
     "recover",
+    "run",
+    "shared_service",
 ]
 
 
@@ -46,6 +53,10 @@ def __getattr__(name: str) -> Any:
         from mesowriter import handlers
 
         return getattr(handlers, name)
+    if name == "run":
+        from mesowriter.handlers import run
+
+        return run
     if name == "configure_opencv_codec":
         from mesowriter.video import configure_opencv_codec
 

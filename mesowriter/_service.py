@@ -485,20 +485,47 @@ class WriterService:
 
 _shared: WriterService | None = None
 _shared_lock = threading.Lock()
+_shared_options: dict[str, Any] = {"idle_timeout": DEFAULT_IDLE_TIMEOUT}
 
 
 def shared_service() -> WriterService:
     """The process-wide service the handlers use unless given one.
 
-    It reaps itself after `DEFAULT_IDLE_TIMEOUT` seconds without a stream and
-    starts again on the next open, so writers that are never closed leave at
-    most one idle writer process and one warm pool, and nothing after that.
+    It reaps itself after `idle_timeout` seconds without a stream (default
+    `DEFAULT_IDLE_TIMEOUT`) and starts again on the next open, so writers
+    that are never closed leave at most one idle writer process and one warm
+    pool, and nothing after that.
     """
     global _shared
     with _shared_lock:
         if _shared is None or _shared.closed:
-            _shared = WriterService(idle_timeout=DEFAULT_IDLE_TIMEOUT)
+            _shared = WriterService(**_shared_options)
         return _shared
+
+
+def configure_shared_service(
+    *,
+    pool_bytes: int | None = None,
+    ring_bytes: int | None = None,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    write_depth: int | None = None,
+) -> None:
+    """Settings of the process-wide service (a running one is closed first,
+    so that the next writer gets them)."""
+    global _shared
+    options: dict[str, Any] = {"idle_timeout": idle_timeout}
+    if pool_bytes is not None:
+        options["pool_bytes"] = pool_bytes
+    if ring_bytes is not None:
+        options["ring_bytes"] = ring_bytes
+    if write_depth is not None:
+        options["write_depth"] = write_depth
+    with _shared_lock:
+        old, _shared = _shared, None
+        _shared_options.clear()
+        _shared_options.update(options)
+    if old is not None:
+        old.close()
 
 
 def _close_all(reason: str) -> None:

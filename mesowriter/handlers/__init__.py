@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from mesowriter.handlers._custom_writer import CustomWriter
+from mesowriter.handlers._run import run
 
-__all__ = ["CV2Writer", "CustomWriter"]
+__all__ = ["CV2Writer", "CustomWriter", "run"]
 
 
 def __getattr__(name: str) -> Any:
