@@ -137,11 +137,10 @@ def test_the_write_depth_setting_is_honoured(tmp_path: Path, depth: int) -> None
 def test_live_objects_in_the_sequence_metadata_keep_the_layout(
     core: object, tmp_path: Path
 ) -> None:
+    import threading
     import warnings
 
     from mesowriter import CustomWriter
-
-    import threading
 
     class Hardware:  # mesofield puts its live hardware objects here
         def __init__(self) -> None:
