@@ -28,10 +28,11 @@ def run(
     connected to the acquisition thread for the run. Raises WriterError if
     any frame was lost or any file failed, after finalising everything.
     """
-    from mesowriter.handlers import CustomWriter, CV2Writer
+    from mesowriter.handlers._custom_writer import CustomWriter
+    from mesowriter.handlers._cv2_writer import CV2Writer
 
     kind = sink_for_path(os.fspath(path)).kind
-    writer = (
+    writer: CustomWriter = (
         CV2Writer(path, **options) if kind == "video" else CustomWriter(path, **options)
     )
     with writer:
