@@ -528,7 +528,20 @@ def configure_shared_service(
         old.close()
 
 
+# Finishers of work above the services (the handlers' runs: their one
+# sidecar per run), called before the services close on a console event.
+_finishers: list[Any] = []
+
+
+def add_finisher(finish: Any) -> None:
+    if finish not in _finishers:
+        _finishers.append(finish)
+
+
 def _close_all(reason: str) -> None:
+    for finish in list(_finishers):
+        with suppress(Exception):
+            finish()
     for service in list(_live):
         with suppress(Exception):
             service.close(reason)

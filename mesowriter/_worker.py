@@ -51,7 +51,7 @@ from mesowriter._journal import (
     scan,
     write_group_sidecar,
 )
-from mesowriter._platform import atomic_write
+from mesowriter._platform import atomic_write, os_path
 from mesowriter._report import FinishReason, ProducerStats, StreamReport, dropped_from
 from mesowriter._ring import STORES_IN_ORDER, FrameRing, RingLayout, SharedBlock
 from mesowriter._spec import StreamSpec, journal_path, report_path
@@ -408,7 +408,7 @@ class StreamRunner:
             return [i for i, _ in iter_records(jpath, self.committed)]
         if self.final_frames is not None:  # finalised before: read its report
             try:
-                with open(report_path(self.spec.path), "rb") as fh:
+                with open(os_path(report_path(self.spec.path)), "rb") as fh:
                     old = StreamReport.from_json(fh.read())
                 dropped = set(old.dropped_indices)
                 return [i for i in range(old.frames_received) if i not in dropped]

@@ -50,7 +50,12 @@ from mesowriter._names import safe_component, unique_components, unique_keys
 from mesowriter._paths import position_path, prepare_output_path
 from mesowriter._platform import atomic_write, unlink
 from mesowriter._report import StreamReport
-from mesowriter._service import DEFAULT_RING_BYTES, WriterService, shared_service
+from mesowriter._service import (
+    DEFAULT_RING_BYTES,
+    WriterService,
+    add_finisher,
+    shared_service,
+)
 from mesowriter._spec import SidecarSpec, journal_path, sidecar_path
 from mesowriter._stream import Stream
 from mesowriter.sinks import sink_for_path
@@ -526,16 +531,15 @@ def _finish_runs_at_exit() -> None:
         if _exit_hook_set:
             return
         _exit_hook_set = True
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:  # pragma: no cover - every supported Python has it
-        return
-
     def finish() -> None:
         for writer in list(_running_writers):
             writer._finish_at_exit()
 
-    with suppress(RuntimeError):  # already shutting down
-        register(finish)
+    add_finisher(finish)  # a Windows console close or logoff, too
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:  # every supported Python has it
+        with suppress(RuntimeError):  # already shutting down
+            register(finish)
 
 
 def _close_streams(streams: dict[str, Stream]) -> None:

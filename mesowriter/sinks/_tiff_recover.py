@@ -26,7 +26,13 @@ import msgspec
 import numpy as np
 
 from mesowriter._journal import MISSING_METADATA, read_header, scan, write_group_sidecar
-from mesowriter._platform import FileLockedError, atomic_write, probe_lock, unlink
+from mesowriter._platform import (
+    FileLockedError,
+    atomic_write,
+    os_path,
+    probe_lock,
+    unlink,
+)
 from mesowriter._report import FinishReason, StreamReport, dropped_from
 from mesowriter._spec import SidecarSpec, StreamSpec, journal_path, report_path
 from mesowriter._untrusted import read_journal_header
@@ -46,8 +52,8 @@ def recover_tiff(path: str, *, overwrite_sidecar: bool = True) -> Any:
     from mesowriter._recover import RecoverError, RecoverResult
 
     notes: list[str] = []
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
+    size = os.path.getsize(os_path(path))
+    with open(os_path(path), "rb") as fh:
         page0 = fh.read(PAGE)
     if probe_lock(path):
         owner = newest_block(page0)
@@ -225,7 +231,7 @@ def _finish_group(
 
 def _member_state(path: str) -> str:
     try:
-        with open(path, "rb") as fh:
+        with open(os_path(path), "rb") as fh:
             block = newest_block(fh.read(PAGE))
     except OSError:
         return "missing"
