@@ -395,3 +395,41 @@ def test_ctrl_c_during_an_mda_run_through_the_relay_thread_exits(
     assert not Path(f"{path}_journal.ndjson").exists()
     with tifffile.TiffFile(path) as tf:
         assert len(tf.pages) == report.frames_written
+
+
+def test_a_console_close_finalises_the_run_from_the_handler_thread(
+    tmp_path: Path,
+) -> None:
+    # Windows runs console-control handlers (window closed, logoff, shutdown)
+    # on a thread of its own: the run is finished there, sidecar included.
+    import threading
+
+    import useq
+
+    from mesowriter import CustomWriter
+    from mesowriter._service import _on_shutdown_signal
+
+    seq = useq.MDASequence(
+        stage_positions=[useq.Position(), useq.Position()],
+        time_plan={"interval": 0, "loops": 4},
+    )
+    path = tmp_path / "console.ome.tif"
+    writer = CustomWriter(path)
+    writer.sequenceStarted(
+        seq, {"image_infos": [{"plane_shape": (8, 8), "dtype": "uint16"}]}
+    )
+    for k, event in enumerate(seq):
+        if k == 5:
+            break
+        writer.frameReady(index_frame(k, (8, 8)), event, {"k": k})
+    handler = threading.Thread(target=_on_shutdown_signal, args=("CTRL_CLOSE",))
+    handler.start()
+    handler.join(60)
+    side = json.loads(Path(f"{path}_frame_metadata.json").read_bytes())
+    assert sorted(side) == ["p0", "p1"]
+    assert sum(len(v) for v in side.values()) == 5
+    for key in ("p0", "p1"):
+        report = writer.reports[key]
+        assert report.finish_reason == "interrupted"
+        assert report.frames_received == report.frames_written
+    assert not list(tmp_path.glob("*_journal.ndjson"))
