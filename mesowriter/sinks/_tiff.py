@@ -906,6 +906,9 @@ def finalise_tiff(
             [offsets[k + 1] if k + 1 < n else 0 for k in range(1, n)],
         )
         f.pwrite_meta(ifd0 + bytes(rest) + text, start)
+        shared = codec.shared_values()
+        if shared is not None:
+            f.pwrite_meta(shared[1], shared[0])
         end = desc_at + len(text)
         f.sync()
         blk = block("final")
