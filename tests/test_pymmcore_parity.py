@@ -37,6 +37,13 @@ SEQUENCES: dict[str, dict[str, Any]] = {
         "time_plan": {"interval": 0, "loops": 3},
         "axis_order": "tpcz",
     },
+    # channels outermost: ImageJ files are reordered, OME files are not
+    "channels-outer": {
+        "channels": ["DAPI", "FITC"],
+        "z_plan": {"range": 1, "step": 1},
+        "time_plan": {"interval": 0, "loops": 2},
+        "axis_order": "ctz",
+    },
     "positions": {
         "stage_positions": [(0, 0, 0), {"x": 10, "y": 10, "z": 0, "name": "cell"}],
         "channels": ["DAPI", "FITC"],

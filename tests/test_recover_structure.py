@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -65,7 +66,8 @@ def _killed_run(path: Path, stop_after: int, sent: Path) -> list[int]:
         start_new_session=True,
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    ready, _, _ = select.select([proc.stdout], [], [], 90)
+    line = proc.stdout.readline() if ready else "(no line in 90 s)"
     if not line.startswith("READY"):
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate(timeout=10)
