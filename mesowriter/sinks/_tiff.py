@@ -694,7 +694,9 @@ class TiffSink(Sink):
             summary.update(frames_in_file=0, file_bytes=0, bigtiff=True)
             summary["note"] = "no frames were written; no data file was kept"
             return summary
-        if self.reordered and st.prefix < n:
+        # Holes are closed by moving planes down: known before, not after.
+        holes = self.reordered and st.prefix < n
+        if holes:
             self._compact()
         self._write_block("finalising")
         result = finalise_tiff(
@@ -702,7 +704,7 @@ class TiffSink(Sink):
             self.geo,
             tail=self.tail,
             frames=n,
-            description=self._final_text(records),
+            description=self._final_text(records, holes=holes),
             classic=self._classic_ok(n),
             block=lambda state: self._block(state),
         )
@@ -710,7 +712,7 @@ class TiffSink(Sink):
         summary.update(result)
         return summary
 
-    def _final_text(self, records: Any) -> str:
+    def _final_text(self, records: Any, *, holes: bool = False) -> str:
         spec = self.spec
         if self.format == "ome":
             from mesowriter.sinks._omexml import build_ome_xml
@@ -727,13 +729,16 @@ class TiffSink(Sink):
         from mesowriter.sinks._imagej import final_description
 
         st = self.state
-        whole = st.prefix == st.committed and (
-            self.reordered or self.plan is None or not self.plan.reordered
-        )
-        if self.plan is not None and st.committed > self.plan.images:
-            whole = False
+        plan = self.plan
+        # A hyperstack only when plane k is the frame of TZC position k: a
+        # reordered file placed each frame there unless holes were compacted;
+        # a file in arrival order must check (a dropped or skipped frame
+        # shifts every later plane).
+        whole = plan is not None and not holes and st.committed <= plan.images
+        if whole and plan is not None and not self.reordered:
+            whole = _in_tzc_order(plan, records)
         return final_description(
-            self.plan, st.committed, whole=whole, rgb=len(spec.shape) == 3
+            plan, st.committed, whole=whole, rgb=len(spec.shape) == 3
         )
 
     def _classic_ok(self, n: int) -> bool:
@@ -789,6 +794,36 @@ class TiffSink(Sink):
     @property
     def committed(self) -> int:
         return self.state.committed
+
+
+class _EventIndex(msgspec.Struct):
+    index: dict[str, Any] | None = None
+
+
+class _EventOnly(msgspec.Struct):
+    mda_event: _EventIndex | None = None
+
+
+_event_decoder = msgspec.json.Decoder(_EventOnly)
+
+
+def _in_tzc_order(plan: ImagejPlan, records: Any) -> bool:
+    """Whether the k-th record's event is TZC position k of `plan`, for all k.
+
+    Only the event index of each metadata record is decoded. A plan of one
+    plane per time point has the same shape flat or not: not checked.
+    """
+    if plan.slices * plan.channels == 1 or records is None:
+        return True
+    for k, (_, raw) in enumerate(records):
+        try:
+            ev = _event_decoder.decode(raw).mda_event
+        except (msgspec.DecodeError, RecursionError):
+            return False
+        idx = event_index({"mda_event": {"index": ev.index}}) if ev else None
+        if idx is None or plan.position(idx) != k:
+            return False
+    return True
 
 
 def _first_error(fs: list[Future[Any]]) -> OSError | None:
@@ -871,6 +906,9 @@ def finalise_tiff(
             [offsets[k + 1] if k + 1 < n else 0 for k in range(1, n)],
         )
         f.pwrite_meta(ifd0 + bytes(rest) + text, start)
+        shared = codec.shared_values()
+        if shared is not None:
+            f.pwrite_meta(shared[1], shared[0])
         end = desc_at + len(text)
         f.sync()
         blk = block("final")

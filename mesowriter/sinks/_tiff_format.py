@@ -7,6 +7,9 @@ reader, a replacement worker or `recover` finds frame k without a chain walk::
     0       TIFF header: BigTIFF while writing (classic for a finished ImageJ
             file that fits in 4 GiB); first IFD = 0 until a frame is linked
     256     "mesowriter\\0", the Software tag value of every IFD
+    272     classic TIFF of RGB frames: BitsPerSample (3 SHORTs) and, at 280,
+            SampleFormat, which do not fit in a classic IFD entry (the same
+            for every IFD; written when the file is finalised as classic)
     512     header block, copy A  } one sector each, checksummed, the newer
     1024    header block, copy B  } generation wins (see HeaderBlock)
     4096    provisional description, 4096 B: OME-XML or ImageJ text that
@@ -52,6 +55,7 @@ IFD_STRIDE = SECTOR
 CLASSIC_IFD_STRIDE = 256
 SOFTWARE_OFFSET = 256
 SOFTWARE = b"mesowriter\x00"
+SAMPLE_VALUES_OFFSET = 272  # classic RGB: BitsPerSample here, SampleFormat + 8
 BLOCK_OFFSETS = (512, 1024)
 DESCRIPTION_OFFSET = PAGE
 DESCRIPTION_CAPACITY = PAGE
@@ -177,11 +181,12 @@ class IfdCodec:
     ) -> list[tuple[int, int, int, int | bytes]]:
         spp = self.samples
         off = _LONG8 if self.bigtiff else _LONG
+        bits, formats = self._sample_values()
         out: list[tuple[int, int, int, int | bytes]] = [
             (254, _LONG, 1, 0),
             (256, _LONG, 1, self.width),
             (257, _LONG, 1, self.height),
-            (258, _SHORT, spp, struct.pack(f"<{spp}H", *([self._bits] * spp))),
+            (258, _SHORT, spp, bits),
             (259, _SHORT, 1, 1),
             (262, _SHORT, 1, 2 if spp == 3 else 1),
         ]
@@ -195,9 +200,29 @@ class IfdCodec:
             (279, off, 1, self.frame_nbytes),
             (284, _SHORT, 1, 1),
             (305, _ASCII, len(SOFTWARE), SOFTWARE_OFFSET),
-            (339, _SHORT, spp, struct.pack(f"<{spp}H", *([self._format] * spp))),
+            (339, _SHORT, spp, formats),
         ]
         return out
+
+    def _sample_values(self) -> tuple[int | bytes, int | bytes]:
+        """BitsPerSample and SampleFormat: inline, or (classic TIFF of RGB
+        frames, 6 bytes each) the offsets of their shared copies in page 0."""
+        spp = self.samples
+        if spp > 1 and not self.bigtiff:
+            return SAMPLE_VALUES_OFFSET, SAMPLE_VALUES_OFFSET + 8
+        return (
+            struct.pack(f"<{spp}H", *([self._bits] * spp)),
+            struct.pack(f"<{spp}H", *([self._format] * spp)),
+        )
+
+    def shared_values(self) -> tuple[int, bytes] | None:
+        """(offset, bytes) of the out-of-line values the IFDs point at, if any."""
+        if self.samples == 1 or self.bigtiff:
+            return None
+        n = self.samples
+        bits = struct.pack(f"<{n}H", *([self._bits] * n)).ljust(8, b"\x00")
+        formats = struct.pack(f"<{n}H", *([self._format] * n)).ljust(8, b"\x00")
+        return SAMPLE_VALUES_OFFSET, bits + formats
 
     def build(
         self,
@@ -216,14 +241,12 @@ class IfdCodec:
         width = 8 if big else 4
         for tag, typ, count, value in entries:
             if isinstance(value, int):
-                if typ == _SHORT:
+                if typ == _SHORT and count == 1:
                     raw = struct.pack("<H", value)
-                elif typ in (_LONG, _ASCII) and not big:
+                elif typ == _LONG and count == 1:
                     raw = struct.pack("<I", value)
-                elif typ == _LONG:
-                    raw = struct.pack("<I", value)
-                else:
-                    raw = struct.pack("<Q", value)
+                else:  # an offset (ASCII, arrays) or a LONG8
+                    raw = struct.pack("<Q" if big else "<I", value)
             else:
                 raw = value
             if len(raw) > width:
