@@ -266,13 +266,17 @@ def write_group_sidecar(
     `frames` may say how many frames a member holds where that exceeds its
     journal (recover); those frames get a marker saying their metadata was
     lost. A member without a journal and without a count contributes an
-    empty list (its data file keeps its metadata in the OME-XML annotation).
+    empty list (its data file keeps its metadata in the OME-XML annotation),
+    and so does a member counted 0 (one whose stream never opened): whatever
+    sits at its journal's name is not this run's and is not even opened.
     """
     groups: dict[str, Iterable[bytes]] = {}
     for key, data_path in sidecar.members:
         jpath = journal_path(data_path)
         n = (frames or {}).get(key)
-        if os.path.exists(jpath):
+        if n == 0:
+            groups[key] = ()
+        elif os.path.exists(jpath):
             groups[key] = journal_metadata(jpath, n)
         else:
             groups[key] = (MISSING_METADATA for _ in range(n or 0))
