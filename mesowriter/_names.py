@@ -18,11 +18,12 @@ Pure functions, no file system access:
 - `unique_keys(names)`: distinct sidecar/position keys (JSON strings, not
   paths): a position's name, else `p{index}`.
 
-Length bound: `MAX_COMPONENT_BYTES` = 64 UTF-8 bytes. The longest file a
-component ends up in is the temporary copy of the sidecar,
-`<stem>_<component>.ome.tiff_frame_metadata.json.tmp-<pid>`: 1 + 64 + 9 + 20
-+ 12 bytes, which leaves 149 of the 255 bytes most file systems allow for
-the user's own stem.
+Length bound: `MAX_COMPONENT_BYTES` = 64 UTF-8 bytes. The longest name a
+component ends up in is a companion of its data file,
+`<stem>_<component>.ome.tiff_frame_metadata.json`: 1 + 64 + 9 + 20 bytes,
+which leaves over 150 of the 255 bytes most file systems allow for the
+user's own stem (temporary files get unpredictable names cut to fit, see
+`mesowriter._platform.temp_sibling`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 
 from mesowriter._ring import PAGE, SharedBlock, round_up
@@ -76,7 +77,11 @@ class RingPool:
             waiting.set()
 
     def warm_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.warm, name="mesowriter-pool", daemon=True)
+        def warm() -> None:
+            with suppress(RuntimeError):  # closed meanwhile (the process exits)
+                self.warm()
+
+        thread = threading.Thread(target=warm, name="mesowriter-pool", daemon=True)
         thread.start()
         return thread
 

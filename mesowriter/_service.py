@@ -300,18 +300,8 @@ class WriterService:
         sink_cls.check(spec)
         spec = sink_cls.prepare(spec)  # e.g. codec choice, warned about here
         self._check_not_open(normalised_path(raw_path))
-        if sink_cls.keeps_files:
-            path = prepare_output_path(
-                raw_path,
-                overwrite,
-                sidecar=spec.sidecar_spec.path if spec.solo else None,
-                space_needed=sink_cls.space_needed(spec),
-            )
-        else:  # nothing is written: the path only names the stream
-            path = normalised_path(raw_path)
-        spec = msgspec.structs.replace(spec, path=path)
-        if spec.sidecar is None:
-            spec = msgspec.structs.replace(spec, sidecar=spec.sidecar_spec)
+        # The ring is planned before the path is prepared: a refusal of
+        # either leaves the disk as it was.
         requested = ring_bytes or self.ring_bytes
         if requested > psutil.virtual_memory().total:
             raise MemoryError(
@@ -324,6 +314,18 @@ class WriterService:
             dtype=np_dtype,
             metadata_bytes=metadata_bytes,
         )
+        if sink_cls.keeps_files:
+            path = prepare_output_path(
+                raw_path,
+                overwrite,
+                sidecar=spec.sidecar_spec.path if spec.solo else None,
+                space_needed=sink_cls.space_needed(spec),
+            )
+        else:  # nothing is written: the path only names the stream
+            path = normalised_path(raw_path)
+        spec = msgspec.structs.replace(spec, path=path)
+        if spec.sidecar is None:
+            spec = msgspec.structs.replace(spec, sidecar=spec.sidecar_spec)
         self._start()
         region, block = self._take_region(layout.region_bytes)
         layout = msgspec.structs.replace(

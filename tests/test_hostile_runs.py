@@ -307,11 +307,6 @@ def test_an_old_sidecar_whose_data_file_was_moved_is_not_replaced(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CustomWriter._write_group_sidecar reads the journal of a member "
-    "whose stream never opened (fix described in the hostiletests report)",
-)
 def test_a_position_that_never_opened_takes_nothing_from_an_old_journal(
     core: Any, tmp_path: Path
 ) -> None:

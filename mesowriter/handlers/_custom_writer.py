@@ -359,8 +359,14 @@ class CustomWriter:
     def _write_group_sidecar(self, streams: list[Stream]) -> None:
         """The run's one sidecar, from every file's journal; then the journals go."""
         side = streams[0].spec.sidecar_spec
+        opened = {s.spec.position_key for s in streams}
+        # A file that never opened has no journal of this run: whatever lies
+        # at its journal's name (another run's) is not read.
+        never_opened = {key: 0 for key, _ in side.members if key not in opened}
         try:
-            write_group_sidecar(side, extra=streams[0].spec.extra_metadata)
+            write_group_sidecar(
+                side, extra=streams[0].spec.extra_metadata, frames=never_opened
+            )
         except Exception as exc:
             self._record(f"writing the sidecar {side.path}: {exc}")
             return
@@ -531,6 +537,7 @@ def _finish_runs_at_exit() -> None:
         if _exit_hook_set:
             return
         _exit_hook_set = True
+
     def finish() -> None:
         for writer in list(_running_writers):
             writer._finish_at_exit()

@@ -747,7 +747,9 @@ class TiffSink(Sink):
             CLASSIC_SUFFIXES
         ):
             return False
-        return self.geo.data_end(n) + n * 256 + 2 * PAGE < CLASSIC_LIMIT
+        # the classic IFDs may have to go past a live tail extent
+        tail = max(n - self.geo.front_capacity, 0) * 512
+        return self.geo.data_end(n) + tail + n * 256 + 2 * PAGE < CLASSIC_LIMIT
 
     def _compact(self) -> None:
         """Close the holes a canceled, reordered run leaves: frames past the
