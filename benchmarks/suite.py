@@ -86,7 +86,7 @@ from mesowriter.synthetic import SyntheticCamera, read_index, run_cameras  # noq
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 1 << 30
 MIB = 1 << 20
-SECTIONS = "abcdefgh"
+SECTIONS = "abcdefghs"
 # Optional sections, asked for by name (`--only depth`, `--only a,depth`).
 NAMED_SECTIONS = ("depth",)
 TARGETS = {
@@ -98,7 +98,83 @@ TARGETS = {
     "f": ("peak dirty pages (MiB) during mesowriter", "<=", 256.0),
     "g": ("close() of a 100 000-frame stream (s)", "<=", 10.0),
     "g_mb": ("writer memory added by that close (MB)", "<=", 500.0),
+    "s_open": ("open_stream p50 with a free warm ring (ms)", "<=", 20.0),
+    "s_open99": ("open_stream p99 (ms)", "<=", 50.0),
+    "s_short": ("50-frame MDA, attach / pymmcore-plus default path", ">=", 0.9),
+    "s_relay": ("50-frame MDA, output=writer / do-nothing handler", ">=", 0.9),
+    "s_paced": ("paced 2048x2048, output=writer / do-nothing handler", ">=", 0.95),
 }
+
+
+def _start_rows(st: dict[str, Any], verdict: Any) -> list[tuple[str, ...]]:
+    """Table rows of section (s): medians with their min-max over rounds."""
+
+    def sp(d: dict[str, Any], fmt: str = ".0f") -> str:
+        return f"{d['median']:{fmt}} ({d['min']:{fmt}}-{d['max']:{fmt}})"
+
+    o, sh, pa = st["open"], st["short"], st["paced"]
+    pos, cams = st["positions"], st["cameras"]
+    lost = {
+        m: (
+            sum(r.get("dropped", 0) for r in pos[m]["runs"]),
+            sum(bool(r["overflow"]) for r in pos[m]["runs"]),
+        )
+        for m in ("relay", "attach", "nothing")
+    }
+    ok_open = (
+        verdict("s_open", o["p50_ms"]) == verdict("s_open99", o["p99_ms"]) == "PASS"
+    )
+    return [
+        (
+            "s open_stream",
+            f"p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms ({o['n']} opens)",
+            "<= 20 / 50 ms",
+            "PASS" if ok_open else "MISS",
+        ),
+        (
+            "s 50-frame MDA, attach",
+            f"{sp(sh['attach']['fps'])} fps vs pymmcore-plus default "
+            f"(ome-writers) {sp(sh['ome-writers']['fps'])} = "
+            f"{sp(sh['ratio_attach_over_default'], '.2f')}",
+            ">= 0.9",
+            verdict("s_short", sh["ratio_attach_over_default"]["median"]),
+        ),
+        (
+            "s 50-frame MDA, output=writer",
+            f"{sp(sh['relay']['fps'])} fps vs do-nothing handler "
+            f"{sp(sh['nothing']['fps'])} = "
+            f"{sp(sh['ratio_relay_over_nothing'], '.2f')}",
+            ">= 0.9",
+            verdict("s_relay", sh["ratio_relay_over_nothing"]["median"]),
+        ),
+        (
+            f"s paced {pa['size']}x{pa['size']}, {pa['exposure_ms']:g} ms",
+            f"output=writer {sp(pa['relay']['fps'])} fps vs nothing "
+            f"{sp(pa['nothing']['fps'])} = "
+            f"{sp(pa['ratio_relay_over_nothing'], '.2f')}; attach "
+            f"{sp(pa['attach']['fps'])}",
+            ">= 0.95",
+            verdict("s_paced", pa["ratio_relay_over_nothing"]["median"]),
+        ),
+        (
+            "s 4 positions",
+            "frames dropped / runs overflowed: "
+            + ", ".join(f"{m} {d}/{o}" for m, (d, o) in lost.items()),
+            "0 where nothing has 0",
+            "PASS"
+            if lost["relay"] == lost["attach"] == (0, 0) or lost["nothing"][1]
+            else "MISS",
+        ),
+        (
+            "s two cameras",
+            f"Multi Camera with mesowriter {sp(cams['two, attach']['fps'])} events/s "
+            f"vs no writer {sp(cams['two, nothing']['fps'])} = "
+            f"{sp(cams['ratio_two_over_one'], '.2f')} (one camera, no writer: "
+            f"{sp(cams['one, nothing']['fps'])})",
+            "the rate of one",
+            "PASS" if cams["ratio_two_over_one"]["median"] >= 0.9 else "MISS",
+        ),
+    ]
 
 
 def _log(msg: str) -> None:
@@ -684,6 +760,16 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                     results.setdefault("errors", {})["c DemoCamera"] = (
                         "no drop-free rate for the do-nothing handler: no reference"
                     )
+        if "s" in only:
+            from benchmarks import starts
+
+            st = _section(
+                "s starts and relay",
+                results,
+                lambda: starts.run(scratch, rounds=args.rounds, quick=args.quick),
+            )
+            if st:
+                results["s"] = st
         if "g" in only:
             from benchmarks.ome_scale import measure_stream_finalise
 
@@ -772,6 +858,8 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 verdict("d", d["ratio_mean"]),
             )
         )
+    if "s" in res:
+        rows += _start_rows(res["s"], verdict)
     if "g" in res:
         g = res["g"]
         rows.append(

@@ -335,7 +335,7 @@ class WriterService:
         try:
             with self._lock:
                 self._check_not_open(spec.path)
-                worker = self._workers.pick()
+                worker = self._workers.pick(own_process=sink_cls.cpu_bound)
                 stream = Stream(spec, ring, worker, policy or self.policy, self._done)
                 worker.streams.add(spec.stream_id)
                 self._streams[spec.stream_id] = stream

@@ -102,13 +102,21 @@ class Workers:
         self.wake()
         return handle
 
-    def pick(self) -> WorkerHandle:
-        """An idle worker, else a new one (up to max), else the least loaded."""
+    def pick(self, *, own_process: bool = False) -> WorkerHandle:
+        """An idle worker, else (for `own_process` streams, or when there is
+        none) a new one up to the maximum, else the least loaded.
+
+        I/O-bound streams share a worker rather than wait for a process to
+        spawn while the camera starts; CPU-bound ones (video encoding) get a
+        process each while there are cores for them.
+        """
         with self._lock:
             idle = [w for w in self._handles.values() if not w.streams]
             if idle:
                 return idle[0]
-            if len(self._handles) < self.max_workers:
+            if len(self._handles) < self.max_workers and (
+                own_process or not self._handles
+            ):
                 return self.start()
             return min(self._handles.values(), key=lambda w: len(w.streams))
 

@@ -95,6 +95,9 @@ class Sink(abc.ABC):
     # False: the sink keeps nothing on disk, so no companions either (no
     # journal, sidecar or report file; the report still reaches the caller).
     keeps_files: ClassVar[bool] = True
+    # True: writing costs a core (encoding), so each stream wants a writer
+    # process of its own; False: I/O-bound streams share a process.
+    cpu_bound: ClassVar[bool] = False
     # True if a failed write leaves the file as it was, so that the batch can
     # be tried again frame by frame (a full disk keeps every frame that fits).
     retry_by_frame: ClassVar[bool] = False

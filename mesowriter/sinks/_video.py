@@ -108,6 +108,7 @@ class VideoSink(SynchronousSink):
 
     kind: ClassVar[str] = "video"
     suffixes: ClassVar[tuple[str, ...]] = VIDEO_SUFFIXES
+    cpu_bound: ClassVar[bool] = True  # encoding takes a core per stream
 
     def __init__(self, spec: StreamSpec) -> None:
         super().__init__(spec)
