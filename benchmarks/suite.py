@@ -106,7 +106,7 @@ TARGETS = {
 }
 
 
-def _start_rows(st: dict[str, Any], verdict: Any) -> list[tuple[str, ...]]:
+def _start_rows(st: dict[str, Any], verdict: Any) -> list[tuple[str, str, str, str]]:
     """Table rows of section (s): medians with their min-max over rounds."""
 
     def sp(d: dict[str, Any], fmt: str = ".0f") -> str:

@@ -270,7 +270,9 @@ class Stream:
         """A replacement worker resumes the stream from the ring."""
         self.worker = worker
         self.restarts += 1
-        worker.send(m.OpenStream(self.spec, self._ring.layout, resume=True))
+        # A worker that died before it opened the file leaves nothing to resume.
+        opened = self.opened.is_set()
+        worker.send(m.OpenStream(self.spec, self._ring.layout, resume=opened))
         worker.send(m.Doorbell(self.spec.stream_id, self._published))
         if self._close_msg is not None:
             msg = self._close_msg
