@@ -176,7 +176,7 @@ def measure_stream_finalise(
                 seconds = time.perf_counter() - t0
                 done.set()
                 sampler.join()
-        xml_bytes = report.sink.get("ome_xml_bytes", 0)
+        xml_bytes = report.sink.get("description_bytes", 0)
     return {
         "frames": frames,
         "frames_written": report.frames_written,

@@ -12,10 +12,15 @@ normal use never reaches this code. Faults are written as
     die-unjournalled:N       the same, but after the commit that passes N
                              frames and before its journal lines: frames
                              durable in the file, yet not in the journal
+    die-in-open              the worker kills itself once it created the file
+                             and the journal, before it answers the open
+    die-after-finalise       the worker kills itself once the file is final,
+                             before the sidecar is written
     die-after-close          the worker kills itself once the stream is
                              finalised (journal removed, report written) and
                              before it tells the parent
-    powercut:N               once N frames are submitted, every byte written
+    powercut:N               before the batch that would pass N submitted
+                             frames (so never more than N), every byte written
                              to the data file and the journal since their
                              last sync is undone, as a power cut would lose
                              it, and the worker's whole process group is
@@ -46,6 +51,8 @@ class Faults:
     die_after: int | None = None
     die_unjournalled: int | None = None
     die_after_close: bool = False
+    die_in_open: bool = False
+    die_after_finalise: bool = False
     powercut: int | None = None
 
     @classmethod
@@ -64,6 +71,10 @@ class Faults:
                 faults.die_after = int(args[0])
             elif kind == "die-unjournalled":
                 faults.die_unjournalled = None if resumed else int(args[0])
+            elif kind == "die-in-open":
+                faults.die_in_open = not resumed
+            elif kind == "die-after-finalise":
+                faults.die_after_finalise = not resumed
             elif kind == "die-after-close":
                 faults.die_after_close = not resumed
             elif kind == "powercut":
@@ -76,7 +87,7 @@ class Faults:
         """Called with frames submitted so far and the batch size."""
         if self.slow:
             time.sleep(self.slow * count)
-        if self.powercut is not None and written >= self.powercut:
+        if self.powercut is not None and written + count > self.powercut:
             cut_power()
         if self.fail_after is not None and written + count > self.fail_after:
             raise OSError(self.fail_errno, os.strerror(self.fail_errno))
@@ -90,6 +101,14 @@ class Faults:
     def after_commit(self, before: int, written: int) -> None:
         """Die when this commit crosses the mark (a replacement never does)."""
         if self.die_after is not None and before < self.die_after <= written:
+            _die()
+
+    def after_open(self) -> None:
+        if self.die_in_open:
+            _die()
+
+    def after_finalise(self) -> None:
+        if self.die_after_finalise:
             _die()
 
     def after_close(self) -> None:

@@ -49,6 +49,9 @@ class OpenStream(msgspec.Struct, frozen=True, tag=True):
     spec: StreamSpec
     ring: RingLayout
     resume: bool = False
+    # A replacement of a worker that died before it answered the open: the
+    # file, if there, may hold that worker's start and nothing else.
+    reopen: bool = False
 
 
 class Doorbell(msgspec.Struct, frozen=True, tag=True, gc=False):
@@ -97,7 +100,7 @@ class StreamFailed(msgspec.Struct, frozen=True, tag=True):
 
 class StreamClosed(msgspec.Struct, frozen=True, tag=True):
     stream_id: int
-    report: bytes  # StreamReport JSON
+    report: bytes  # StreamReport JSON; empty: the stream never opened there
 
 
 ToWorker = (

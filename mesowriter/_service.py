@@ -125,6 +125,8 @@ class WriterService:
         self._closed = False
         self._running = False
         self._idle_timer: threading.Timer | None = None
+        self._opening = 0  # opens under way: no idle reap meanwhile
+        self._life = threading.Lock()  # starting and reaping exclude each other
         self.worker_deaths: list[dict[str, Any]] = []
         _setup_process(handle_signals)
         self._pool = RingPool(
@@ -144,14 +146,15 @@ class WriterService:
     # -- running and reaping -------------------------------------------------------
     def _start(self) -> None:
         """Start the workers and warm the pool in the background."""
-        with self._lock:
-            if self._running:
-                return
-            self._running = True
-            self._pool.reopen()
-            for _ in range(self._initial_workers):
-                self._workers.start()
-        self._pool.warm_in_background()
+        with self._life:
+            with self._lock:
+                if self._running:
+                    return
+                self._running = True
+                self._pool.reopen()
+                for _ in range(self._initial_workers):
+                    self._workers.start()
+            self._pool.warm_in_background()
 
     def prewarm(self) -> None:
         """Make sure workers run and the pool is (being) warmed, without
@@ -176,11 +179,12 @@ class WriterService:
         timer.start()
 
     def _reap_if_idle(self) -> None:
-        with self._lock:
-            if self._streams or not self._running or self._closed:
-                return
-            self._running = False
-        self._stop_everything()
+        with self._life:
+            with self._lock:
+                if self._streams or self._opening or not self._running or self._closed:
+                    return
+                self._running = False
+            self._stop_everything()
 
     def _stop_everything(self) -> None:
         self._workers.stop()
@@ -256,8 +260,67 @@ class WriterService:
         first frames need, and whether the ring fits in memory.
         """
         t0 = time.perf_counter()
-        if self._closed:
-            raise RuntimeError("this WriterService is closed")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this WriterService is closed")
+            self._opening += 1  # from here no idle reap may stop the workers
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+        try:
+            return self._open_stream(
+                path,
+                shape=shape,
+                dtype=dtype,
+                frames=frames,
+                overwrite=overwrite,
+                kind=kind,
+                position_key=position_key,
+                position_index=position_index,
+                ring_bytes=ring_bytes,
+                policy=policy,
+                metadata_bytes=metadata_bytes,
+                direct_io=direct_io,
+                sequence=sequence,
+                summary=summary,
+                video=video,
+                extra_metadata=extra_metadata,
+                sidecar=sidecar,
+                write_depth=write_depth,
+                notes=notes,
+                fault=_fault,
+                t0=t0,
+            )
+        finally:
+            with self._lock:
+                self._opening -= 1
+            self._schedule_idle_reap()
+
+    def _open_stream(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shape: tuple[int, ...],
+        dtype: Any,
+        frames: int | None,
+        overwrite: bool,
+        kind: str | None,
+        position_key: str,
+        position_index: int | None,
+        ring_bytes: int | None,
+        policy: str | None,
+        metadata_bytes: int,
+        direct_io: bool,
+        sequence: dict[str, Any] | None,
+        summary: dict[str, Any] | None,
+        video: VideoOptions | None,
+        extra_metadata: dict[str, Any] | None,
+        sidecar: SidecarSpec | None,
+        write_depth: int | None,
+        notes: tuple[str, ...],
+        fault: str | None,
+        t0: float,
+    ) -> Stream:
         if frames is not None and frames < 0:
             raise ValueError("frames must be >= 0 or None")
         if policy is not None:
@@ -291,7 +354,7 @@ class WriterService:
             summary=summary,
             video=video,
             extra_metadata=extra_metadata,
-            fault=_fault,
+            fault=fault,
             write_depth=depth,
             sidecar=sidecar,
             notes=tuple(notes),
@@ -332,6 +395,7 @@ class WriterService:
             layout, block=region.block, offset=region.offset
         )
         ring = FrameRing.create(layout, block)
+        stream: Stream | None = None
         try:
             with self._lock:
                 self._check_not_open(spec.path)
@@ -340,13 +404,15 @@ class WriterService:
                 worker.streams.add(spec.stream_id)
                 self._streams[spec.stream_id] = stream
                 self._regions[spec.stream_id] = region
-                if self._idle_timer is not None:
-                    self._idle_timer.cancel()
-                    self._idle_timer = None
             worker.send(m.OpenStream(spec, ring.layout))
             stream.opened.wait()
         except BaseException:
-            self._discard(spec.stream_id, ring, region)
+            if stream is not None and self._streams.get(spec.stream_id) is stream:
+                # The worker has (or will have) the stream open on this ring:
+                # tell it to close, and give the region back only once it has.
+                stream.abandon()
+            else:
+                self._discard(spec.stream_id, ring, region)
             raise
         if stream.open_error is not None:
             self._discard(spec.stream_id, ring, region)
@@ -422,7 +488,7 @@ class WriterService:
         elif isinstance(msg, m.StreamFailed):
             stream.on_failed(msg.error)
         elif isinstance(msg, m.StreamClosed):
-            stream.on_closed(msg.report)
+            stream.on_closed(msg.report or None)
 
     def _monitor_failed(self, cause: str) -> None:
         for stream in self.streams:

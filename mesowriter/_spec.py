@@ -52,6 +52,11 @@ class SidecarSpec(msgspec.Struct, frozen=True, kw_only=True):
     # legacy CV2Writer.finish() wrote in direct mode.
     layout: str = "positions"
     members: tuple[tuple[str, str], ...] = ()  # (key, data path), in order
+    # The caller joins the journals itself once every member closed (the
+    # handlers: a run may add members after the first file opened), so a
+    # worker never writes this sidecar or removes its journal, unless the
+    # caller is gone (an orphaned worker, the only member).
+    by_caller: bool = False
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +98,10 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     def solo(self) -> bool:
         """The only member of its sidecar: its worker writes the sidecar."""
         return len(self.sidecar_spec.members) <= 1
+
+    def writes_sidecar(self, orphaned: bool = False) -> bool:
+        """Whether this stream's worker writes the sidecar at close."""
+        return self.solo and (orphaned or not self.sidecar_spec.by_caller)
 
     @property
     def frame_nbytes(self) -> int:

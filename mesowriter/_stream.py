@@ -90,6 +90,7 @@ class Stream:
         self._error: WriterError | None = None
         self._remote: m.RemoteError | None = None
         self._closing = False
+        self._abandoned = False
         self._close_msg: m.CloseStream | None = None
         self._worker_report: StreamReport | None = None
         self._report: StreamReport | None = None
@@ -256,6 +257,8 @@ class Stream:
             self._worker_report = StreamReport.from_json(report)
         self._closed.set()
         self._space.set()
+        if self._abandoned:  # nobody waits in close(): release here
+            self._on_done(self)
 
     def on_worker_lost(self, message: str) -> None:
         """The worker died and no replacement can take over."""
@@ -272,7 +275,9 @@ class Stream:
         self.restarts += 1
         # A worker that died before it opened the file leaves nothing to resume.
         opened = self.opened.is_set()
-        worker.send(m.OpenStream(self.spec, self._ring.layout, resume=opened))
+        worker.send(
+            m.OpenStream(self.spec, self._ring.layout, resume=opened, reopen=not opened)
+        )
         worker.send(m.Doorbell(self.spec.stream_id, self._published))
         if self._close_msg is not None:
             msg = self._close_msg
@@ -337,6 +342,19 @@ class Stream:
             failure.report = self._report  # type: ignore[attr-defined]
             raise failure
         return self._report
+
+    def abandon(self) -> None:
+        """The open was interrupted: have the worker close what it opened;
+        the ring is released when it answers, never before (it may be
+        reading the ring)."""
+        with self._lock:
+            self._abandoned = self._closing = True
+            self._close_msg = m.CloseStream(
+                self.spec.stream_id, 0, "canceled", self.producer_stats()
+            )
+            self.worker.send(self._close_msg)
+        if self._closed.is_set():
+            self._on_done(self)
 
     def abort(self) -> None:
         """Give up waiting for a worker (the service is going down)."""

@@ -84,9 +84,12 @@ class StreamRunner:
         block: SharedBlock,
         resume: bool,
         wake: Callable[[Any], None],
+        reopen: bool = False,
     ) -> None:
+        if reopen:
+            spec = _spec_for_reopen(spec)
         self.spec = spec
-        self.faults = Faults.parse(spec.fault, resumed=resume)
+        self.faults = Faults.parse(spec.fault, resumed=resume or reopen)
         self.sink = sink_class(spec.kind)(spec)
         self.sink.on_io(wake)
         self.error: m.RemoteError | None = None
@@ -106,6 +109,7 @@ class StreamRunner:
                 self._resume()
             else:
                 self._open_new()
+                self.faults.after_open()
         except BaseException:
             self.ring.close()
             raise
@@ -224,7 +228,16 @@ class StreamRunner:
                 frames.append(SlotFrame(index, ring.pixels(seq), meta))
             batch = FrameBatch(frames, ring.span(first, count), ring.stride)
             self.next = first + count
-            self._commit(sink.submit(batch))
+            try:
+                committed = sink.submit(batch)
+            except BatchFailed as failed:
+                # `discarded`: every write in flight went too; else only this
+                # batch was undone and the ones before it are still in flight.
+                self._after_failure(
+                    failed, self.committed if failed.discarded else first
+                )
+                return True
+            self._commit(committed)
             progress = True
         return progress
 
@@ -232,19 +245,32 @@ class StreamRunner:
         try:
             positions = self.sink.collect()
         except BatchFailed as failed:
-            self._commit(failed.committed)
-            if failed.failed == 1 or not self.sink.retry_by_frame:
-                raise failed.cause from None
-            self._retry_singly(self.next)
+            self._after_failure(failed, self.committed)
             return True
         self._commit(positions)
         return bool(positions)
 
-    def _retry_singly(self, until: int) -> None:
-        """A write failed: keep every frame that still fits (a full disk),
-        trying the rest one at a time from the last committed frame."""
+    def _after_failure(self, failed: BatchFailed, resume_at: int) -> None:
+        """Journal what the sink committed before the failure; then either
+        give up (a lone frame failed, or the sink cannot retry) or retry the
+        frames from `resume_at` one at a time (a full disk keeps every frame
+        that still fits)."""
+        self._commit(failed.committed)
+        if failed.failed <= 1 or not self.sink.retry_by_frame:
+            raise failed.cause from None
+        until = self.next
+        self.next = max(resume_at, self.committed)
         self.by_frame_until = max(self.by_frame_until, until)
-        self.next = self.committed
+
+    def _drain(self) -> None:
+        """Wait for every write and journal it; the frames committed before
+        a failure are journalled too."""
+        try:
+            positions = self.sink.drain()
+        except BatchFailed as failed:
+            self._commit(failed.committed)
+            raise failed.cause from None
+        self._commit(positions)
 
     def _commit(self, positions: list[int]) -> None:
         """Journal frames the sink committed (durable), then free their slots."""
@@ -273,7 +299,7 @@ class StreamRunner:
         """Stop writing; what was committed stays (finalised at close)."""
         self.error = remote_error(exc)
         with suppress(Exception):
-            self._commit(self.sink.drain())
+            self._drain()
 
     # -- the end -----------------------------------------------------------------------
     def close(
@@ -290,29 +316,57 @@ class StreamRunner:
         """
         if self.report is not None:
             return self.report
+        writes_sidecar = self.spec.writes_sidecar(orphaned=written_by != "writer")
         if self.final_frames is None:
-            self._finalise(reason, extra)
+            self._finalise(reason, extra, writes_sidecar)
+        elif writes_sidecar:
+            self._sidecar_of_final_file(extra)
         report = self._report(reason, producer, written_by)
         if self.sink.keeps_files:
             try:
                 atomic_write(report_path(self.spec.path), report.to_json())
             except Exception as exc:
                 report.secondary_errors.append(f"writing the report: {exc!r}")
-        if self._sidecar_done and self.journal is not None and self.spec.solo:
+        if self._sidecar_done and self.journal is not None and writes_sidecar:
             with suppress(OSError):
                 self.journal.remove()
         elif self.journal is not None:
             self.journal.close()
+        elif self._sidecar_done and writes_sidecar:
+            with suppress(OSError):
+                os.unlink(journal_path(self.spec.path))
         self.report = report
         return report
+
+    def _sidecar_of_final_file(self, extra: dict[str, Any] | None) -> None:
+        """A replacement found the file final: its worker died before the
+        sidecar, or between the sidecar and removing the journal. The journal
+        still holds every frame's metadata: write the sidecar from it."""
+        if not os.path.exists(journal_path(self.spec.path)):
+            return  # sidecar written and journal removed before the death
+        self._sidecar_done = self._write_sidecar(extra)
+
+    def _write_sidecar(self, extra: dict[str, Any] | None) -> bool:
+        """The stream's own sidecar, from its journal; False if that failed."""
+        try:
+            write_group_sidecar(
+                self.spec.sidecar_spec,
+                extra={**(self.spec.extra_metadata or {}), **(extra or {})},
+            )
+        except Exception as exc:
+            self._step_failed("writing the sidecar", exc)
+            return False
+        return True
 
     _sidecar_done = False
     _sink_summary: dict[str, Any] | None = None
 
-    def _finalise(self, reason: str, extra: dict[str, Any] | None) -> None:
+    def _finalise(
+        self, reason: str, extra: dict[str, Any] | None, writes_sidecar: bool
+    ) -> None:
         if not self.failed:
             try:
-                self._commit(self.sink.drain())
+                self._drain()
             except Exception as exc:
                 self._step_failed("writing the last frames", exc)
         if not self.sink.keeps_files:
@@ -324,19 +378,13 @@ class StreamRunner:
             records = iter_records(jpath, self.committed)
             self._sink_summary = self.sink.close(reason, records)
             finalised = True
+            self.faults.after_finalise()
         except Exception as exc:
             self._step_failed("finalising the file", exc)
             with suppress(Exception):
                 self.sink.abort()
-        if self.spec.solo:
-            try:
-                write_group_sidecar(
-                    self.spec.sidecar_spec,
-                    extra={**(self.spec.extra_metadata or {}), **(extra or {})},
-                )
-                self._sidecar_done = finalised
-            except Exception as exc:
-                self._step_failed("writing the sidecar", exc)
+        if writes_sidecar:
+            self._sidecar_done = self._write_sidecar(extra) and finalised
 
     def _report(
         self, reason: str, producer: ProducerStats | None, written_by: str
@@ -430,6 +478,20 @@ class StreamRunner:
         self.ring.close()
 
 
+def _spec_for_reopen(spec: StreamSpec) -> StreamSpec:
+    """The spec a replacement opens with when the first worker died inside
+    the open: the file it may have begun is started over, never a file that
+    holds anything else (the parent checked the path was free before)."""
+    if spec.overwrite or not os.path.lexists(spec.path):
+        return spec
+    if not sink_class(spec.kind).never_started(spec.path):
+        raise FileExistsError(
+            f"{spec.path} appeared while its writer was starting, and holds data: "
+            "it is left as it is"
+        )
+    return msgspec.structs.replace(spec, overwrite=True)
+
+
 def _finish_reason(
     reason: str,
     err: m.RemoteError | None,
@@ -507,7 +569,10 @@ class Worker:
         for r in live:
             r.ring.worker_asleep = True
         try:
-            if any(r.published() > r.next for r in live):
+            # Work to do only where frames wait AND the sink takes a batch:
+            # with every write in flight, wait for one to finish (the I/O
+            # pipe wakes us) instead of spinning.
+            if any(r.published() > r.next and r.sink.ready() for r in live):
                 return []
             timeout: float | None = NAP_SECONDS if live and STORES_IN_ORDER else None
             hints = [h for r in live if (h := r.wait_hint()) is not None]
@@ -558,7 +623,9 @@ class Worker:
         sid = msg.spec.stream_id
         try:
             block = self._block(msg.ring.block)
-            runner = StreamRunner(msg.spec, msg.ring, block, msg.resume, self._io_done)
+            runner = StreamRunner(
+                msg.spec, msg.ring, block, msg.resume, self._io_done, msg.reopen
+            )
         except Exception as exc:
             self.send(m.StreamOpened(sid, error=remote_error(exc)))
             return
@@ -591,7 +658,8 @@ class Worker:
             self._answer_want(sid)
         for sid in [s for s in self.closing if self._close_ready(s)]:
             close = self.closing.pop(sid)
-            if sid not in self.streams:  # never opened here (a failed resume)
+            if sid not in self.streams:  # never opened here: say so, no report
+                self.send(m.StreamClosed(sid, b""))
                 continue
             runner = self.streams.pop(sid)
             report = runner.close(close.reason, close.producer, close.extra_metadata)

@@ -95,28 +95,79 @@ def _sidecar(path: Path) -> list[dict[str, object]]:
 
 
 # -- finished means finished --------------------------------------------------------
+@pytest.mark.parametrize("fault", ["die-after-close", "die-after-finalise"])
 def test_a_worker_killed_after_finalising_is_not_followed_by_a_rewrite(
-    tmp_path: Path,
+    tmp_path: Path, fault: str
 ) -> None:
-    # Killed after the journal went and before it told the parent: the
-    # replacement once took the file for new, truncated it and rewrote it
-    # from the ring (300 frames through 25 slots became repeats of the last).
+    # die-after-close: killed after the journal went and before it told the
+    # parent; the replacement once took the file for new, truncated it and
+    # rewrote it from the ring (300 frames through 25 slots became repeats of
+    # the last). die-after-finalise: the file is final, the sidecar not yet
+    # written; the replacement writes it from the journal left behind.
     shape = (64, 64)
     path = tmp_path / "finished.ome.tiff"
     with WriterService(ring_bytes=25 * (64 * 64 * 2 + 32 * 1024) + 3 * 4096) as svc:
         stream = svc.open_stream(
-            path, shape=shape, dtype="uint16", frames=300, _fault="die-after-close"
+            path, shape=shape, dtype="uint16", frames=300, _fault=fault
         )
         assert stream.ring.n_slots == 25
         for i in range(300):
             assert stream.write(index_frame(i, shape), {"i": i})
         report = stream.close()
     assert report.worker_restarts == 1
-    assert report.finish_reason == "completed" and report.frames_written == 300
+    assert report.finish_reason == "completed", report.problems()
+    assert report.frames_written == 300
     assert report.frames_received == 300 and report.frames_dropped == 0
     assert any("already final" in n for n in report.notes)
     assert len(_frames(path, shape)) == 300
     assert [m["i"] for m in _sidecar(path)] == list(range(300))
+    assert not Path(f"{path}_journal.ndjson").exists()
+
+
+@pytest.mark.parametrize("frames", [60, None])
+def test_a_worker_killed_inside_the_open_is_replaced_by_one_that_starts_over(
+    tmp_path: Path, frames: int | None
+) -> None:
+    # The first worker created the file and the journal, then died before it
+    # answered: its replacement may not take the file for someone else's.
+    shape = (64, 64)
+    path = tmp_path / "died_in_open.ome.tiff"
+    with WriterService() as svc:
+        stream = svc.open_stream(
+            path, shape=shape, dtype="uint16", frames=frames, _fault="die-in-open"
+        )
+        for i in range(60):
+            assert stream.write(index_frame(i, shape), {"i": i})
+        report = stream.close()
+    assert report.worker_restarts == 1
+    assert report.finish_reason == "completed", report.problems()
+    assert report.frames_written == 60 and report.frames_received == 60
+    assert len(_frames(path, shape)) == 60
+    assert [m["i"] for m in _sidecar(path)] == list(range(60))
+
+
+def test_a_replacement_never_starts_over_a_file_that_holds_data(
+    tmp_path: Path,
+) -> None:
+    # The path was free when the parent checked it; what appears there while
+    # the first worker dies in its open is not ours to truncate.
+    from mesowriter._spec import StreamSpec
+    from mesowriter._worker import _spec_for_reopen
+
+    path = tmp_path / "taken.ome.tiff"
+    spec = StreamSpec(
+        stream_id=1, path=str(path), kind="ome-tiff", shape=(8, 8), dtype="<u2"
+    )
+    assert _spec_for_reopen(spec) is spec  # nothing there: a plain open
+    path.write_bytes(bytes(8192))  # created, nothing written yet
+    assert _spec_for_reopen(spec).overwrite
+    path.write_bytes(b"II*\x00" + bytes(8188))  # someone's data
+    with pytest.raises(FileExistsError, match="holds data"):
+        _spec_for_reopen(spec)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):
+        _spec_for_reopen(spec)
 
 
 # -- a power cut -----------------------------------------------------------------------

@@ -614,6 +614,33 @@ def test_more_frames_than_the_sequence_declares_through_the_handler(
     assert len(_read_frames(path)) == 5
 
 
+def test_a_position_the_plan_did_not_foresee_joins_the_one_sidecar(
+    tmp_path: Path,
+) -> None:
+    # p0's file opened as the run's only member; p1 arrived later. The one
+    # sidecar still holds both, and no journal is left behind.
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 2})
+    events = [useq.MDAEvent(index={"t": t, "p": p}) for t in range(2) for p in (0, 1)]
+    path = tmp_path / "late.ome.tiff"
+    writer = CustomWriter(path, ring_bytes=64 << 20)
+    meta = {"image_infos": [{"plane_shape": (16, 16), "dtype": "uint16"}]}
+    try:
+        writer.sequenceStarted(seq, meta)
+        for i, event in enumerate(events):
+            writer.frameReady(index_frame(i, (16, 16)), event, {"i": i})
+        writer.sequenceFinished(seq)
+    finally:
+        writer.close()
+    side = json.loads(Path(f"{path}_frame_metadata.json").read_bytes())
+    assert set(side) == {"p0", "p1"}
+    assert [m["i"] for m in side["p0"]] == [0, 2]
+    assert [m["i"] for m in side["p1"]] == [1, 3]
+    assert not list(tmp_path.glob("*journal*"))
+    assert [p.name for p in tmp_path.glob("*_frame_metadata.json")] == [
+        "late.ome.tiff_frame_metadata.json"
+    ]
+
+
 def test_a_plain_list_of_events_has_no_expected_count(
     core: Any, tmp_path: Path
 ) -> None:

@@ -365,6 +365,7 @@ class AlignedFileBase(ABC):
         self.locked = False
         self._unsynced = 0
         self._closed = False
+        self._fallback_lock = threading.Lock()
         self._open(mode, direct)
 
     # -- what each platform provides ---------------------------------------------------
@@ -428,8 +429,11 @@ class AlignedFileBase(ABC):
             if not self._refuses_direct(exc):
                 raise
             # The filesystem accepted direct I/O at open, not at the write.
-            self._drop_direct()
-            self.direct = False
+            # Several I/O threads may learn it at once: one switches.
+            with self._fallback_lock:
+                if self.direct:
+                    self._drop_direct()
+                    self.direct = False
             return self.pwrite(view, offset)
         return len(view)
 

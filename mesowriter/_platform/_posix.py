@@ -181,9 +181,13 @@ class PosixAlignedFile(AlignedFileBase):
     def _refuses_direct(self, exc: OSError) -> bool:
         return exc.errno == errno.EINVAL
 
+    _retired_fd = -1  # the direct descriptor after a fallback, closed at close
+
     def _drop_direct(self) -> None:
+        # Not closed here: another I/O thread may be about to write through
+        # it, and a closed number can be reused by an unrelated file.
         if self._pixel_fd != self._fd:
-            os.close(self._pixel_fd)
+            self._retired_fd = self._pixel_fd
         self._pixel_fd = self._fd
 
     def _flush_dirty(self) -> None:
@@ -233,6 +237,9 @@ class PosixAlignedFile(AlignedFileBase):
         self._pixel_fd = self._fd = -1
         if pixel >= 0 and pixel != meta:
             os.close(pixel)
+        if self._retired_fd >= 0:
+            os.close(self._retired_fd)
+            self._retired_fd = -1
         if meta >= 0:
             os.close(meta)  # releases the flock
 

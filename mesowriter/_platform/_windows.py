@@ -169,9 +169,13 @@ class WindowsAlignedFile(AlignedFileBase):
     def _refuses_direct(self, exc: OSError) -> bool:
         return winerror(exc) == w.ERROR_INVALID_PARAMETER
 
+    _retired_handle: Any = None  # the unbuffered handle after a fallback
+
     def _drop_direct(self) -> None:
+        # Closed at close, not here: another I/O thread may be writing
+        # through it, and a closed handle's value can be reused.
         if self._pixel_handle != self._handle and self._pixel_handle is not None:
-            self.api.close_handle(self._pixel_handle)
+            self._retired_handle = self._pixel_handle
         self._pixel_handle = self._handle
 
     def _flush_dirty(self) -> None:
@@ -228,6 +232,9 @@ class WindowsAlignedFile(AlignedFileBase):
         self._pixel_handle = self._handle = None
         if pixel is not None and pixel != handle:
             self.api.close_handle(pixel)
+        if self._retired_handle is not None:
+            self.api.close_handle(self._retired_handle)
+            self._retired_handle = None
         if handle is not None:
             if self.locked:
                 try:

@@ -348,7 +348,7 @@ class CustomWriter:
                 self._record(f"{report.path}: {problem}")
         opened = list(self._streams.values())
         self._streams.clear()
-        if len(opened) > 1 or (opened and not opened[0].spec.solo):
+        if opened:
             self._write_group_sidecar(opened)
         self._frame_metadatas = None  # read from the sidecar when asked for
         if self.errors:
@@ -357,8 +357,12 @@ class CustomWriter:
             raise self.error
 
     def _write_group_sidecar(self, streams: list[Stream]) -> None:
-        """The run's one sidecar, from every file's journal; then the journals go."""
-        side = streams[0].spec.sidecar_spec
+        """The run's one sidecar, from every file's journal; then the journals go.
+
+        Every file of the run as planned now (a run may add files after the
+        first opened), never the list a stream was opened with.
+        """
+        side = self._sidecar_spec(streams[0].spec.sidecar_spec.layout)
         opened = {s.spec.position_key for s in streams}
         # A file that never opened has no journal of this run: whatever lies
         # at its journal's name (another run's) is not read.
@@ -451,11 +455,15 @@ class CustomWriter:
         self._lost = {}
         self._refused = set()
 
-    def _sidecar_spec(self, layout: str = "positions") -> SidecarSpec:
+    def _sidecar_spec(
+        self, layout: str = "positions", by_caller: bool = True
+    ) -> SidecarSpec:
+        """The run's sidecar; `by_caller`: this writer joins it at the end."""
         return SidecarSpec(
             path=self._frame_metadata_filename,
             layout=layout,
             members=tuple((f.key, f.path) for f in self._files.values()),
+            by_caller=by_caller,
         )
 
     def _open(self, f: _File, shape: tuple[int, ...], dtype: Any) -> Stream:
@@ -469,6 +477,7 @@ class CustomWriter:
         *,
         kind: str,
         sidecar_layout: str = "positions",
+        sidecar_by_caller: bool = True,
         **options: Any,
     ) -> Stream:
         """Open the stream of file `f`, with its share of the ring."""
@@ -487,7 +496,7 @@ class CustomWriter:
             direct_io=self._direct_io,
             sequence=self._sequence_json,
             summary=self._summary,
-            sidecar=self._sidecar_spec(sidecar_layout),
+            sidecar=self._sidecar_spec(sidecar_layout, sidecar_by_caller),
             notes=tuple(self.notes),
             **options,
         )

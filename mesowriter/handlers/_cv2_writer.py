@@ -297,6 +297,8 @@ class CV2Writer(CustomWriter):
             is_color=colour,
             color_order="BGR",
             sidecar_layout="frame_metadatas",
+            # direct mode: the worker writes it, with finish()'s extra keys
+            sidecar_by_caller=False,
         )
 
     # -- shared ---------------------------------------------------------------------
@@ -309,6 +311,7 @@ class CV2Writer(CustomWriter):
         is_color: bool,
         color_order: str,
         sidecar_layout: str = "positions",
+        sidecar_by_caller: bool = True,
     ) -> Stream:
         video = self._video
         bit_depth = video.bit_depth
@@ -327,7 +330,13 @@ class CV2Writer(CustomWriter):
             video, is_color=is_color, bit_depth=bit_depth, color_order=color_order
         )
         return self._open_file(
-            f, shape, dtype, kind="video", video=opts, sidecar_layout=sidecar_layout
+            f,
+            shape,
+            dtype,
+            kind="video",
+            video=opts,
+            sidecar_layout=sidecar_layout,
+            sidecar_by_caller=sidecar_by_caller,
         )
 
 

@@ -127,6 +127,13 @@ class Sink(abc.ABC):
         return 0
 
     @classmethod
+    def never_started(cls, path: str) -> bool:
+        """Whether `path` holds only what a writer that died while opening
+        it left (no frame, no data): then a replacement may start it over.
+        A format that cannot tell says no, and the file is left alone."""
+        return False
+
+    @classmethod
     def inspect(cls, path: str) -> dict[str, Any]:
         raise ValueError(f"{path}: {cls.kind} files cannot be inspected")
 

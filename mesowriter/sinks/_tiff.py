@@ -146,6 +146,7 @@ class TiffSink(Sink):
         self._completed: list[_Pending] = []
         self._pool: ThreadPoolExecutor | None = None
         self._carry = b""  # the partial last page of staged pixels
+        self._carry_at = -1  # its file offset
         self._stages: list[Any] = []  # free aligned buffers for staged batches
         self.commit_bytes = COMMIT_BYTES  # the worker lowers it for small rings
         self._overflow = 0  # ImageJ positions handed out past the hyperstack
@@ -198,6 +199,23 @@ class TiffSink(Sink):
             return geo.data_end(spec.frames) + PAGE
         return geo.data_offset + min(COMMIT_BYTES, max(geo.frame_nbytes, PAGE))
 
+    @classmethod
+    def never_started(cls, path: str) -> bool:
+        """A first page of zeros (created, header not yet written), or a
+        header block still `writing` with nothing committed."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return False
+        try:
+            page0 = os.pread(fd, PAGE, 0)
+        finally:
+            os.close(fd)
+        block = newest_block(page0)
+        if block is None:
+            return not any(page0)
+        return block.state == "writing" and block.committed == 0
+
     # -- lifecycle ------------------------------------------------------------------
     def open(self, resume: ResumeState | None = None) -> None:
         spec = self.spec
@@ -206,11 +224,8 @@ class TiffSink(Sink):
             self._resume(resume)
             return
         mode: Mode = "overwrite" if spec.overwrite else "create"
-        # Scattered frames of a size direct I/O cannot take go through the cache.
-        unaligned = self.geo.frame_nbytes % PAGE != 0
-        direct = spec.direct_io and not (self.reordered and unaligned)
         f = self.file = _with_faults(
-            AlignedFile(spec.path, mode=mode, direct=direct), spec
+            AlignedFile(spec.path, mode=mode, direct=self._direct()), spec
         )
         self.geo = Geometry(tuple(spec.shape), spec.dtype, _front_capacity(spec))
         if spec.frames is not None:
@@ -229,10 +244,16 @@ class TiffSink(Sink):
         f.sync()
         fsync_dir(os.path.dirname(os.path.abspath(spec.path)))
 
+    def _direct(self) -> bool:
+        """Direct I/O, except for scattered frames (a reordered ImageJ file)
+        of a size it cannot take: those go through the cache."""
+        unaligned = self.geo.frame_nbytes % PAGE != 0
+        return self.spec.direct_io and not (self.reordered and unaligned)
+
     def _resume(self, resume: ResumeState) -> None:
         """Reopen a file a worker died writing; the ring still holds the rest."""
         f = self.file = _with_faults(
-            AlignedFile(self.spec.path, mode="resume", direct=self.spec.direct_io),
+            AlignedFile(self.spec.path, mode="resume", direct=self._direct()),
             self.spec,
         )
         block = newest_block(f.pread(PAGE, 0))
@@ -292,7 +313,18 @@ class TiffSink(Sink):
         f = self.file
         assert f is not None and self._pool is not None
         positions = [self._place(fr.metadata) for fr in batch.frames]
-        committed = self._ensure_room(max(positions) + 1)
+        try:
+            committed = self._ensure_room(max(positions) + 1)
+        except BatchFailed as exc:
+            self._inflight.difference_update(positions)
+            if exc.discarded:  # a write in flight failed: all of them went
+                raise
+            self._assigned -= len(positions)
+            raise BatchFailed(exc.committed, len(positions), 0, exc.cause) from exc
+        except Exception as exc:  # e.g. no room left to reserve
+            self._inflight.difference_update(positions)
+            self._assigned -= len(positions)
+            raise BatchFailed([], len(positions), 0, as_oserror(exc)) from exc
         self._write_unlinked_ifds(positions)
         futures, stage = self._write_pixels(batch, positions)
         st = self.state
@@ -368,12 +400,19 @@ class TiffSink(Sink):
         committed = self.drain()
         fc = self.geo.front_capacity
         old = self.tail
-        self.tail = new_tail
         st = self.state
-        if old and st.top > fc:
-            self._write_ifds(fc, st.top, linked_until=st.prefix)
-        f.reserve(new_tail, max(st.top - fc, 1) * self.codec.stride)
-        f.sync()
+        try:
+            self.tail = new_tail
+            if old and st.top > fc:
+                self._write_ifds(fc, st.top, linked_until=st.prefix)
+            f.reserve(new_tail, max(st.top - fc, 1) * self.codec.stride)
+            f.sync()
+        except Exception as exc:
+            self.tail = old  # the chain still runs through the old extent
+            raise BatchFailed(committed, 0, 0, as_oserror(exc)) from exc
+        # From here the new extent is durable: the switch is one link (or the
+        # header pointer) and the block, made durable before any pixel lands
+        # on the old extent.
         if st.prefix > fc:
             if fc:
                 self._write_ifds(fc - 1, fc, linked_until=st.prefix)
@@ -475,8 +514,8 @@ class TiffSink(Sink):
             self._stages.remove(stage)
         buf = memoryview(stage)
         if lead:
-            carry = self._carry if len(self._carry) == lead else f.pread(lead, base)
-            buf[:lead] = carry
+            mine = self._carry_at == base and len(self._carry) == lead
+            buf[:lead] = self._carry if mine else f.pread(lead, base)
         n = end - start
         if batch.slot_stride == self.geo.frame_nbytes:
             buf[lead : lead + n] = batch.span[:n]  # one copy of the whole batch
@@ -489,6 +528,7 @@ class TiffSink(Sink):
         buf[lead + n : size] = bytes(size - lead - n)
         tail_start = (end - base) - (end - base) % align
         self._carry = bytes(buf[tail_start : end - base])
+        self._carry_at = base + tail_start
         return [self._pool.submit(f.pwrite, buf[:size], base)], stage
 
     # -- commits -----------------------------------------------------------------------
@@ -567,8 +607,12 @@ class TiffSink(Sink):
     def drain(self) -> list[int]:
         """Wait for every write in flight and commit it all."""
         out: list[int] = []
-        while self._pending or self._completed:
-            out += self.collect(force=True)
+        try:
+            while self._pending or self._completed:
+                out += self.collect(force=True)
+        except BatchFailed as failed:
+            failed.committed = out + failed.committed
+            raise
         return out
 
     def _commit(self) -> list[int]:
@@ -576,7 +620,11 @@ class TiffSink(Sink):
         assert f is not None
         done, self._completed = self._completed, []
         st = self.state
-        f.sync()  # 1. pixels and IFDs of the group durable
+        try:
+            f.sync()  # 1. pixels and IFDs of the group durable
+        except BaseException:
+            self._completed = done + self._completed  # nothing was committed
+            raise
         old_prefix = st.prefix
         positions = [pos for p in done for pos in p.positions]
         for pos in positions:
@@ -829,15 +877,22 @@ def _in_tzc_order(plan: ImagejPlan, records: Any) -> bool:
 
 
 def _first_error(fs: list[Future[Any]]) -> OSError | None:
-    """Wait for `fs`; the first OSError any of them raised."""
+    """Wait for `fs`; the first error any of them raised, as an OSError (a
+    write that failed is a failed batch, whatever it raised)."""
     error = None
     for fu in fs:
         exc = fu.exception()
         if exc is not None and error is None:
-            if not isinstance(exc, OSError):
-                raise exc
-            error = exc
+            error = as_oserror(exc)
     return error
+
+
+def as_oserror(exc: BaseException) -> OSError:
+    if isinstance(exc, OSError):
+        return exc
+    err = OSError(errno.EIO, f"{type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
 
 
 def _with_faults(f: AlignedFile, spec: StreamSpec) -> AlignedFile:
@@ -850,7 +905,9 @@ def _with_faults(f: AlignedFile, spec: StreamSpec) -> AlignedFile:
 
 
 def _front_capacity(spec: StreamSpec) -> int:
-    return spec.frames if spec.frames is not None else UNKNOWN_FRONT_CAPACITY
+    """IFDs in front: the frame count when known (at least 1: IFD 0 always
+    sits there), else room for a short run."""
+    return max(1, spec.frames) if spec.frames is not None else UNKNOWN_FRONT_CAPACITY
 
 
 def _runs(sorted_positions: list[int]) -> list[tuple[int, int]]:
@@ -891,11 +948,12 @@ def finalise_tiff(
     tail_bytes = tail_n * 512
     if classic:
         codec = IfdCodec(geo.shape, geo.dtype, bigtiff=False)
-        busy_end = max(round_up(data_end, 16), tail + tail_bytes if tail else 0)
         start = round_up(data_end, 16)
         size = n * codec.stride
+        # The classic chain goes where it overlaps no live IFD: after the
+        # data unless that would reach into the live tail, else past it.
         if tail and start < tail + tail_bytes and start + size + len(text) > tail:
-            start = round_up(tail + tail_bytes, 16)  # past the live tail
+            start = round_up(tail + tail_bytes, 16)
         desc_at = start + size
         offsets = [start + k * codec.stride for k in range(n)]
         ifd0 = codec.build(
@@ -916,14 +974,15 @@ def finalise_tiff(
         blk = block("final")
         f.pwrite_meta(blk.encode(), blk.slot)
         f.pwrite_meta(header_bytes(start, bigtiff=False), 0)
-        del busy_end
     else:
         codec = IfdCodec(geo.shape, geo.dtype, bigtiff=True)
         new_tail = tail
         desc_at = round_up(data_end, 16)
         if tail_n:
             cand = round_up(data_end, 16)
-            if cand + tail_bytes <= tail or cand >= tail + tail_bytes:
+            # Move the tail only where the new IFDs AND the description end
+            # before the live extent: nothing the chain uses is overwritten.
+            if cand + tail_bytes + len(text) <= tail:
                 new_tail = cand
             desc_at = round_up((new_tail if new_tail else tail) + tail_bytes, 16)
             if new_tail != tail:
@@ -957,6 +1016,7 @@ def finalise_tiff(
         f.pwrite_meta(header_bytes(first_ifd, bigtiff=True), 0)
         blk = block("final")
         f.pwrite_meta(blk.encode(), blk.slot)
+    f.sync()  # the switch durable before anything past `end` goes
     f.truncate(end)
     f.sync()
     return {
