@@ -35,6 +35,7 @@ from __future__ import annotations
 import mmap
 import os
 import platform
+import struct
 import sys
 from contextlib import suppress
 from multiprocessing import shared_memory
@@ -49,6 +50,7 @@ RING_VERSION = 3
 DEFAULT_METADATA_BYTES = 32 * 1024
 MAX_SLOTS = 4096
 _META_HEAD = 16
+_META_HEAD_STRUCT = struct.Struct("<QQ")  # metadata length, stream index
 
 # Header words (uint64 indices into a region's header page).
 _MAGIC, _VERSION, _NSLOTS, _STRIDE, _FRAME_NBYTES = 0, 1, 2, 3, 4
@@ -223,6 +225,14 @@ class SharedBlock:
 # -- rings -----------------------------------------------------------------------------
 
 
+# A batch worth a wake-up: the producer rings a sleeping worker's doorbell
+# once this much waits, and the worker submits no smaller batch unless the
+# frames have waited a nap, or the stream closes. A fast camera then pays one
+# wake-up and one batch for many frames, and the worker does not spin on the
+# core the acquisition shares (its hyperthread sibling, on many machines).
+WAKE_BYTES = 32 * 1024 * 1024
+
+
 class FrameRing:
     """A ring of frame slots in one region of a shared block."""
 
@@ -235,6 +245,9 @@ class FrameRing:
         self.stride = layout.slot_stride
         self._data = layout.data_offset
         self._pixels = [self._pixel_view(i) for i in range(layout.n_slots)]
+        self.wake_frames = max(
+            1, min(layout.n_slots // 4, WAKE_BYTES // layout.frame_nbytes)
+        )
 
     @classmethod
     def create(cls, layout: RingLayout, block: SharedBlock) -> FrameRing:
@@ -318,9 +331,7 @@ class FrameRing:
         buf = self._buf
         assert buf is not None
         off = PAGE + (seq % self.n_slots) * cap
-        buf[off : off + _META_HEAD] = len(data).to_bytes(8, "little") + index.to_bytes(
-            8, "little"
-        )
+        _META_HEAD_STRUCT.pack_into(buf, off, len(data), index)
         buf[off + _META_HEAD : off + _META_HEAD + len(data)] = data
         return True
 
@@ -330,8 +341,8 @@ class FrameRing:
         assert buf is not None
         cap = self.layout.metadata_bytes
         off = PAGE + (seq % self.n_slots) * cap
-        n = min(int.from_bytes(buf[off : off + 8], "little"), cap - _META_HEAD)
-        index = int.from_bytes(buf[off + 8 : off + 16], "little")
+        n, index = _META_HEAD_STRUCT.unpack_from(buf, off)
+        n = min(n, cap - _META_HEAD)
         return index, bytes(buf[off + _META_HEAD : off + _META_HEAD + n])
 
     def span(self, first: int, count: int) -> memoryview:

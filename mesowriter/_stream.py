@@ -42,10 +42,6 @@ if TYPE_CHECKING:
     from mesowriter._workers import WorkerHandle
 
 POLICIES = ("block", "drop")
-# A sleeping worker is woken once this much waits in the ring (it also wakes
-# itself every _worker.NAP_SECONDS), so a fast camera pays one wake-up for
-# several frames, not one each.
-WAKE_BYTES = 32 * 1024 * 1024
 
 
 def _now() -> str:
@@ -79,9 +75,8 @@ class Stream:
         self._dtype = np.dtype(spec.dtype)
         self._encoder = MetadataEncoder()
         self._doorbell = m.encoder.encode(m.Doorbell(spec.stream_id))
-        self._bell_frames = max(
-            1, min(ring.n_slots // 4, WAKE_BYTES // ring.layout.frame_nbytes)
-        )
+        # ring.wake_frames: see _ring.WAKE_BYTES (the worker also naps)
+        self._bell_frames = ring.wake_frames
         self._lock = threading.Lock()
         self._space = threading.Event()
         self.opened = threading.Event()
@@ -134,8 +129,9 @@ class Stream:
                 self._drops["stream_error"].append(index)
                 raise self._failure()
             arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
-            if arr.shape != self._shape or not np.can_cast(
-                arr.dtype, self._dtype, "equiv"
+            if arr.shape != self._shape or (
+                arr.dtype != self._dtype
+                and not np.can_cast(arr.dtype, self._dtype, "equiv")
             ):
                 reason = (
                     f"frame {index} has shape {arr.shape} and dtype {arr.dtype}; "

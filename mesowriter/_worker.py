@@ -129,6 +129,10 @@ class StreamRunner:
         self.announced: int | None = None if STORES_IN_ORDER else self.next
         # After a failed write its frames are tried again one at a time.
         self.by_frame_until = 0
+        # Batches of at least ring.wake_frames, unless the frames waited a
+        # nap or `flush` (closing, orphaned): see _ring.WAKE_BYTES.
+        self.flush = False
+        self._waiting_since: float | None = None
 
     def _open_new(self) -> None:
         """Create file and journal; on failure leave no half-made file that
@@ -209,7 +213,7 @@ class StreamRunner:
         ring, sink = self.ring, self.sink
         stop = self.published()
         progress = False
-        while self.next < stop and sink.ready():
+        while sink.ready() and self.due(stop):
             first = self.next
             single = first < self.by_frame_until
             count = 1 if single else ring.run_length(first, stop, self.batch_bytes)
@@ -291,9 +295,38 @@ class StreamRunner:
         ring.read_cursor = self.committed
         self.faults.after_commit(first, self.committed)
 
+    def due(self, published: int) -> bool:
+        """Whether the frames waiting up to `published` make a batch now: a
+        wake-up's worth, or they waited a nap, or the ring is half full, or
+        the stream is closing."""
+        waiting = published - self.next
+        if waiting <= 0:
+            self._waiting_since = None
+            return False
+        ring = self.ring
+        if (
+            waiting >= ring.wake_frames
+            or self.flush
+            or 2 * (published - self.committed) >= ring.n_slots
+        ):
+            return True
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        return now - self._waiting_since >= NAP_SECONDS
+
+    def batch_due(self) -> bool:
+        """A batch should be submitted now (see `due`)."""
+        return self.sink.ready() and self.due(self.published())
+
     def wait_hint(self) -> float | None:
-        """Seconds until this stream needs the worker again (a commit due)."""
-        return self.sink.next_commit_in()
+        """Seconds until this stream needs the worker again: a commit due,
+        or frames that will have waited a nap."""
+        hints = [h for h in (self.sink.next_commit_in(),) if h is not None]
+        if self._waiting_since is not None:
+            left = self._waiting_since + NAP_SECONDS - time.monotonic()
+            hints.append(max(0.0, left))
+        return min(hints) if hints else None
 
     def fail(self, exc: BaseException) -> None:
         """Stop writing; what was committed stays (finalised at close)."""
@@ -572,7 +605,7 @@ class Worker:
             # Work to do only where frames wait AND the sink takes a batch:
             # with every write in flight, wait for one to finish (the I/O
             # pipe wakes us) instead of spinning.
-            if any(r.published() > r.next and r.sink.ready() for r in live):
+            if any(r.batch_due() for r in live):
                 return []
             timeout: float | None = NAP_SECONDS if live and STORES_IN_ORDER else None
             hints = [h for r in live if (h := r.wait_hint()) is not None]
@@ -602,6 +635,7 @@ class Worker:
             runner = self.streams.get(msg.stream_id)
             if runner is not None:
                 runner.announce(msg.published)
+                runner.flush = True
         elif isinstance(msg, m.MapBlock):
             try:
                 self._block(msg.name)
@@ -629,6 +663,7 @@ class Worker:
         except Exception as exc:
             self.send(m.StreamOpened(sid, error=remote_error(exc)))
             return
+        runner.flush = sid in self.closing
         self.streams[sid] = runner
         self.send(m.StreamOpened(sid, resumed_from=runner.resumed_from))
 
@@ -697,6 +732,7 @@ class Worker:
         """
         for sid, runner in self.streams.items():
             runner.announced = None  # the producer is gone: its stores are seen
+            runner.flush = True
             while not runner.done and runner.published() > runner.next:
                 try:
                     if not runner.pump():
