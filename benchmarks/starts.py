@@ -11,13 +11,16 @@ rounds (every mode once per round), median and min-max over rounds:
   `output="run.ome.tiff"` (ome-writers on the acquisition thread); and
   `output=writer` (relay thread) against a do-nothing handler on the same
   relay thread;
-- paced: 2048x2048 frames at an exposure that keeps the camera below the
-  disk's speed, `output=writer` against the do-nothing handler;
+- paced: 2048x2048 frames at an exposure that keeps the camera at half the
+  disk's speed or less (the best raw configuration of (a) when it ran, else
+  a 1 GiB O_DIRECT write measured here; 6 ms at the least),
+  `output=writer` against the do-nothing handler;
 - positions: a 4-position MDA: frames written and MMCore buffer overflows,
   mesowriter against the do-nothing handler;
-- cameras: two DemoCameras through Multi Camera, events per second with
-  mesowriter writing both (acquisition thread) against the same cameras
-  with no writer, and one camera with no writer for reference.
+- cameras: two DemoCameras through Multi Camera (512x512, paced the same
+  way: both cameras together at half the disk's speed or less), events per
+  second with mesowriter writing both (acquisition thread) against the same
+  cameras with no writer, and one camera with no writer for reference.
 """
 
 from __future__ import annotations
@@ -159,7 +162,32 @@ def measure_opens(scratch: Path, n: int = 100) -> dict[str, Any]:
     }
 
 
-def run(scratch: Path, rounds: int = 5, quick: bool = False) -> dict[str, Any]:
+def disk_gbps(folder: Path, nbytes: int = 1 << 30) -> float:
+    """The folder's O_DIRECT write speed, 4 requests of 64 MiB in flight."""
+    from benchmarks._raw import raw_odirect_write
+
+    path = folder / "disk-speed.raw"
+    try:
+        return float(raw_odirect_write(path, nbytes, 64 << 20, in_flight=4)["gbps"])
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def paced_exposure_ms(
+    frame_bytes: int, cameras: int, gbps: float, floor: float
+) -> float:
+    """The exposure that keeps `cameras` cameras at half `gbps` or less."""
+    return max(floor, 1e3 * cameras * frame_bytes / (0.5 * gbps * 1e9))
+
+
+def run(
+    scratch: Path,
+    rounds: int = 5,
+    quick: bool = False,
+    disk: float | None = None,
+) -> dict[str, Any]:
+    """`disk`: the folder's write speed in GB/s, if (a) measured it."""
     import useq
 
     import mesowriter
@@ -195,7 +223,14 @@ def run(scratch: Path, rounds: int = 5, quick: bool = False) -> dict[str, Any]:
     core.unloadAllDevices()
 
     size = 1024 if quick else 2048
-    exposure = float(os.environ.get("MESOWRITER_BENCH_PACED_MS", "6"))
+    if disk is None:
+        disk = disk_gbps(work, (256 << 20) if quick else (1 << 30))
+        out["disk_gbps_source"] = "measured here (1 GiB, O_DIRECT, 4 in flight)"
+    else:
+        out["disk_gbps_source"] = "(a), best raw configuration"
+    out["disk_gbps"] = disk
+    floor = float(os.environ.get("MESOWRITER_BENCH_PACED_MS", "6"))
+    exposure = paced_exposure_ms(size * size * 2, 1, disk, floor)
     big = _core(size, exposure, fast=True)
     paced = seq_(time_plan={"interval": 0, "loops": 100 if quick else 300})
     out["paced"] = _rounds(
@@ -209,8 +244,10 @@ def run(scratch: Path, rounds: int = 5, quick: bool = False) -> dict[str, Any]:
     big.unloadAllDevices()
 
     seq2 = seq_(time_plan={"interval": 0, "loops": 100})
-    one = _core(512, 2.0, fast=True)
-    two = _core(512, 2.0, fast=True, config=str(CONFIG_2CAM))
+    cam_exposure = paced_exposure_ms(512 * 512 * 2, 2, disk, 2.0)
+    out["cameras_exposure_ms"] = cam_exposure
+    one = _core(512, cam_exposure, fast=True)
+    two = _core(512, cam_exposure, fast=True, config=str(CONFIG_2CAM))
     cams = {
         "one, nothing": (one, "nothing"),
         "two, nothing": (two, "nothing"),

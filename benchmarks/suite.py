@@ -148,7 +148,8 @@ def _start_rows(st: dict[str, Any], verdict: Any) -> list[tuple[str, str, str, s
             verdict("s_relay", sh["ratio_relay_over_nothing"]["median"]),
         ),
         (
-            f"s paced {pa['size']}x{pa['size']}, {pa['exposure_ms']:g} ms",
+            f"s paced {pa['size']}x{pa['size']}, {pa['exposure_ms']:.1f} ms "
+            f"(disk {st.get('disk_gbps', 0):.2f} GB/s)",
             f"output=writer {sp(pa['relay']['fps'])} fps vs nothing "
             f"{sp(pa['nothing']['fps'])} = "
             f"{sp(pa['ratio_relay_over_nothing'], '.2f')}; attach "
@@ -166,7 +167,7 @@ def _start_rows(st: dict[str, Any], verdict: Any) -> list[tuple[str, str, str, s
             else "MISS",
         ),
         (
-            "s two cameras",
+            f"s two cameras, {st.get('cameras_exposure_ms', 2.0):.1f} ms",
             f"Multi Camera with mesowriter {sp(cams['two, attach']['fps'])} events/s "
             f"vs no writer {sp(cams['two, nothing']['fps'])} = "
             f"{sp(cams['ratio_two_over_one'], '.2f')} (one camera, no writer: "
@@ -766,7 +767,12 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             st = _section(
                 "s starts and relay",
                 results,
-                lambda: starts.run(scratch, rounds=args.rounds, quick=args.quick),
+                lambda: starts.run(
+                    scratch,
+                    rounds=args.rounds,
+                    quick=args.quick,
+                    disk=(results.get("a") or {}).get("raw_gbps"),
+                ),
             )
             if st:
                 results["s"] = st

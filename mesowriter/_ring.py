@@ -358,11 +358,18 @@ class FrameRing:
         off = self._data + slot * self.stride
         return buf[off : off + count * self.stride]
 
-    def run_length(self, first: int, stop: int, max_bytes: int) -> int:
-        """How many frames from `first` (< stop) form one batch: no wrap, at
-        most `max_bytes` (at least one frame)."""
-        to_wrap = self.n_slots - first % self.n_slots
+    def run_length(
+        self, first: int, stop: int, max_bytes: int, wrap: bool = False
+    ) -> int:
+        """How many frames from `first` (< stop) form one batch: at most
+        `max_bytes` (at least one frame), and within one lap of the ring
+        unless `wrap`."""
+        to_wrap = stop - first if wrap else self.n_slots - first % self.n_slots
         return max(1, min(stop - first, to_wrap, max_bytes // self.stride))
+
+    def wraps(self, first: int, count: int) -> bool:
+        """Whether frames first..first+count-1 cross the ring's end."""
+        return first % self.n_slots + count > self.n_slots
 
     # -- teardown ---------------------------------------------------------------
     def close(self) -> None:

@@ -213,11 +213,9 @@ class StreamRunner:
         ring, sink = self.ring, self.sink
         stop = self.published()
         progress = False
-        while sink.ready() and self.due(stop):
+        while (count := self._next_count(stop)) > 0:
             first = self.next
             single = first < self.by_frame_until
-            count = 1 if single else ring.run_length(first, stop, self.batch_bytes)
-            count = sink.trim_batch(count)
             try:
                 self.faults.before_write(first, count)
             except OSError:
@@ -230,8 +228,10 @@ class StreamRunner:
             for seq in range(first, first + count):
                 index, meta = ring.get_metadata(seq)
                 frames.append(SlotFrame(index, ring.pixels(seq), meta))
-            batch = FrameBatch(frames, ring.span(first, count), ring.stride)
+            span = None if ring.wraps(first, count) else ring.span(first, count)
+            batch = FrameBatch(frames, span, ring.stride)
             self.next = first + count
+            self._waiting_since = None  # what is left waits anew
             try:
                 committed = sink.submit(batch)
             except BatchFailed as failed:
@@ -297,27 +297,54 @@ class StreamRunner:
 
     def due(self, published: int) -> bool:
         """Whether the frames waiting up to `published` make a batch now: a
-        wake-up's worth, or they waited a nap, or the ring is half full, or
-        the stream is closing."""
+        wake-up's worth, or `urgent`."""
         waiting = published - self.next
         if waiting <= 0:
             self._waiting_since = None
             return False
-        ring = self.ring
-        if (
-            waiting >= ring.wake_frames
-            or self.flush
-            or 2 * (published - self.committed) >= ring.n_slots
-        ):
+        return waiting >= self.ring.wake_frames or self._urgent(published)
+
+    def _urgent(self, published: int) -> bool:
+        """Frames must go now, however few: the stream is closing, half the
+        ring waits, or they have waited a nap."""
+        if self.flush or 2 * (published - self.next) >= self.ring.n_slots:
             return True
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
         return now - self._waiting_since >= NAP_SECONDS
 
+    def _next_count(self, published: int) -> int:
+        """Frames of the batch to submit now; 0: none yet.
+
+        A sink may ask for batches that end on a page boundary (staged
+        frames: then several batches can be in flight); until the frames
+        that complete one have arrived, nothing goes, unless `urgent`.
+        """
+        if not self.sink.ready() or not self.due(published):
+            return 0
+        first = self.next
+        if first < self.by_frame_until:
+            return 1
+        ring = self.ring
+        max_bytes = self.batch_bytes
+        unit = self.sink.batch_unit()
+        if 2 * unit <= ring.n_slots:  # a batch holds at least one unit
+            max_bytes = max(max_bytes, unit * ring.stride)
+        count = ring.run_length(
+            first, published, max_bytes, wrap=self.sink.copies_batches()
+        )
+        trimmed = self.sink.trim_batch(count)
+        if trimmed == 0:
+            # Waiting helps only if a boundary fits in a batch at all.
+            full = count >= max(1, max_bytes // ring.stride)
+            if full or self._urgent(published):
+                return count
+        return trimmed
+
     def batch_due(self) -> bool:
-        """A batch should be submitted now (see `due`)."""
-        return self.sink.ready() and self.due(self.published())
+        """A batch should be submitted now (see `_next_count`)."""
+        return self._next_count(self.published()) > 0
 
     def wait_hint(self) -> float | None:
         """Seconds until this stream needs the worker again: a commit due,

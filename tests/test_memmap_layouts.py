@@ -194,6 +194,20 @@ def test_frames_not_a_multiple_of_4096_bytes(
     check_mappable(path, frames(range(n), shape, dtype))
 
 
+def test_staged_batches_end_on_page_boundaries(tmp_path: Path) -> None:
+    # 20 000-byte frames: 128 of them end on a page. The worker waits for
+    # the frames that complete a page (it need not here: the ring is large)
+    # and staged batches cross the ring's end, so batch after batch shares
+    # no page and several are in flight; only the last one ends mid-page.
+    shape = (100, 100)
+    path = tmp_path / "staged.ome.tif"
+    report, slots = write_run(path, 3000, shape=shape, ring_bytes=24 << 20)
+    assert slots % 128 and slots * 3 <= 3000
+    assert report.sink["staged_batches"] >= 3000 // slots
+    assert report.sink["mid_page_batches"] <= 1
+    check_mappable(path, frames(range(3000), shape, "uint16"))
+
+
 def test_buffered_io(tmp_path: Path) -> None:
     path = tmp_path / "buffered.ome.tif"
     report, _ = write_run(path, 50, declared=50, direct_io=False)

@@ -148,6 +148,8 @@ class TiffSink(Sink):
         self._carry = b""  # the partial last page of staged pixels
         self._carry_at = -1  # its file offset
         self._stages: list[Any] = []  # free aligned buffers for staged batches
+        self._staged_batches = 0
+        self._mid_page_batches = 0  # staged batches ending inside a page
         self.commit_bytes = COMMIT_BYTES  # the worker lowers it for small rings
         self._overflow = 0  # ImageJ positions handed out past the hyperstack
         self._assigned = 0  # frames given a position (submitted)
@@ -295,17 +297,29 @@ class TiffSink(Sink):
             return False  # the next staged batch shares a page with this one
         return len(self._pending) < self.depth
 
-    def trim_batch(self, count: int) -> int:
-        """Frames of a batch, cut so that a staged batch ends on a page
-        boundary where it can: then batches share no page and several can
-        be in flight, as when frames are a whole number of pages."""
+    def copies_batches(self) -> bool:
+        """Staged frames (a size off the page grid, direct I/O) are copied
+        into an aligned buffer anyway: batches may wrap around the ring, so
+        the ring's end does not cut the pipeline short once a lap."""
+        return self.batch_unit() > 1
+
+    def batch_unit(self) -> int:
+        """Staged frames: how many end on a page boundary (1 otherwise)."""
         f = self.file
         fb = self.geo.frame_nbytes
         if self.reordered or f is None or not f.direct or fb % f.alignment == 0:
+            return 1
+        return f.alignment // math.gcd(fb, f.alignment)
+
+    def trim_batch(self, count: int) -> int:
+        """Frames of a batch, cut so that a staged batch ends on a page
+        boundary: then batches share no page and several can be in flight,
+        as when frames are a whole number of pages. 0 when `count` frames
+        reach no boundary (the worker waits for more unless it must not)."""
+        unit = self.batch_unit()
+        if unit == 1:
             return count
-        unit = f.alignment // math.gcd(fb, f.alignment)
-        over = (self._assigned + count) % unit
-        return count - over if count > over else count
+        return max(0, count - (self._assigned + count) % unit)
 
     def submit(self, batch: FrameBatch) -> list[int]:
         """Start writing a batch; returns positions committed meanwhile (a
@@ -325,8 +339,12 @@ class TiffSink(Sink):
             self._inflight.difference_update(positions)
             self._assigned -= len(positions)
             raise BatchFailed([], len(positions), 0, as_oserror(exc)) from exc
-        self._write_unlinked_ifds(positions)
         futures, stage = self._write_pixels(batch, positions)
+        # The batch's IFDs, unlinked, on an I/O thread too: a buffered write
+        # to the file can wait for the direct writes in flight (ext4 takes
+        # the inode lock for it), which would stall the next batch here.
+        ifds = self._unlinked_ifds(positions)
+        futures.append(self._pool.submit(self._put_all, ifds))
         st = self.state
         st.top = max(st.top, max(positions) + 1)
         nbytes = len(positions) * self.geo.frame_nbytes
@@ -422,18 +440,34 @@ class TiffSink(Sink):
         f.sync()
         return committed
 
-    def _write_unlinked_ifds(self, positions: list[int]) -> None:
-        runs = _runs(sorted(positions))
-        for first, stop in runs:
-            self._write_ifds(first, stop, linked_until=0)
+    def _unlinked_ifds(self, positions: list[int]) -> list[tuple[bytes, int]]:
+        """The IFDs of a batch, each ending the chain: (bytes, offset)."""
+        return [
+            w
+            for first, stop in _runs(sorted(positions))
+            for w in self._ifds(first, stop, linked_until=0)
+        ]
 
-    def _write_ifds(self, first: int, stop: int, *, linked_until: int) -> None:
-        """(Re)write the IFDs of positions [first, stop), split by extent.
-
-        IFD p links to p+1 when p + 1 < linked_until, else ends the chain.
-        """
+    def _put_all(self, writes: list[tuple[bytes, int]]) -> int:
         f = self.file
         assert f is not None
+        for data, offset in writes:
+            f.pwrite_meta(data, offset)
+        return 0
+
+    def _write_ifds(self, first: int, stop: int, *, linked_until: int) -> None:
+        """(Re)write the IFDs of positions [first, stop) (see `_ifds`)."""
+        self._put_all(self._ifds(first, stop, linked_until=linked_until))
+
+    def _ifds(
+        self, first: int, stop: int, *, linked_until: int
+    ) -> list[tuple[bytes, int]]:
+        """The IFDs of positions [first, stop), split by extent.
+
+        IFD p links to p+1 when p + 1 < linked_until, else ends the chain.
+        Built here, so that writing them elsewhere reads no changing state.
+        """
+        out: list[tuple[bytes, int]] = []
         geo = self.geo
         fc = geo.front_capacity
         p = first
@@ -447,8 +481,8 @@ class TiffSink(Sink):
                     next_ifd=nxt,
                     description=self._desc0,
                 )
-                f.pwrite_meta(
-                    ifd0.ljust(self.codec.stride, b"\x00"), geo.ifd_offset(0, 0)
+                out.append(
+                    (ifd0.ljust(self.codec.stride, b"\x00"), geo.ifd_offset(0, 0))
                 )
                 start = 1
             if start < seg_stop:
@@ -458,8 +492,9 @@ class TiffSink(Sink):
                     for q in range(start, seg_stop)
                 ]
                 buf = self.codec.run(pix, nxt_list)
-                f.pwrite_meta(bytes(buf), geo.ifd_offset(start, self.tail))
+                out.append((bytes(buf), geo.ifd_offset(start, self.tail)))
             p = seg_stop
+        return out
 
     _desc0: tuple[int, int] | None = PROVISIONAL
 
@@ -476,6 +511,7 @@ class TiffSink(Sink):
         pool = self._pool
         if (
             contiguous
+            and batch.span is not None
             and batch.slot_stride == fb
             and (not f.direct or fb % f.alignment == 0)
         ):
@@ -517,7 +553,7 @@ class TiffSink(Sink):
             mine = self._carry_at == base and len(self._carry) == lead
             buf[:lead] = self._carry if mine else f.pread(lead, base)
         n = end - start
-        if batch.slot_stride == self.geo.frame_nbytes:
+        if batch.span is not None and batch.slot_stride == self.geo.frame_nbytes:
             buf[lead : lead + n] = batch.span[:n]  # one copy of the whole batch
         else:
             at = lead
@@ -527,6 +563,8 @@ class TiffSink(Sink):
                 at += raw.size
         buf[lead + n : size] = bytes(size - lead - n)
         tail_start = (end - base) - (end - base) % align
+        self._staged_batches += 1
+        self._mid_page_batches += tail_start != end - base
         self._carry = bytes(buf[tail_start : end - base])
         self._carry_at = base + tail_start
         return [self._pool.submit(f.pwrite, buf[:size], base)], stage
@@ -730,6 +768,8 @@ class TiffSink(Sink):
             "format": self.format,
             "direct_io": f.direct,
             "write_depth": self.depth,
+            "staged_batches": self._staged_batches,
+            "mid_page_batches": self._mid_page_batches,
         }
         st = self.state
         n = st.committed
