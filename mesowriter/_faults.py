@@ -156,7 +156,14 @@ class UnsyncedLog:
     @classmethod
     def synced(cls, path: str) -> None:
         with cls._lock:
-            cls._files[path] = _FileLog(path, _size(path))
+            cls.synced_locked(path)
+
+    @classmethod
+    def synced_locked(cls, path: str) -> None:
+        """Forget what a sync made durable (call with the lock held, in the
+        same locked section as the sync: a write from another thread between
+        the two would otherwise lose its undo record)."""
+        cls._files[path] = _FileLog(path, _size(path))
 
     @classmethod
     def cut(cls) -> None:
@@ -217,7 +224,7 @@ class PowerCutFile:
     def sync(self) -> None:
         with UnsyncedLog._lock:
             self._inner.sync()
-        UnsyncedLog.synced(self._inner.path)
+            UnsyncedLog.synced_locked(self._inner.path)
 
 
 class PowerCutJournal:
@@ -238,4 +245,4 @@ class PowerCutJournal:
     def sync(self) -> None:
         with UnsyncedLog._lock:
             self._inner.sync()
-        UnsyncedLog.synced(self._inner.path)
+            UnsyncedLog.synced_locked(self._inner.path)

@@ -68,6 +68,7 @@ BATCH_BYTES = 64 * 1024 * 1024
 # A worker with open streams wakes itself this often to look at the rings, so
 # that producers need not wake it for every frame (see Stream.write).
 NAP_SECONDS = 0.01
+ORPHANED = "orphaned writer"  # a report's written_by when the parent died
 
 
 def _now() -> str:
@@ -163,6 +164,8 @@ class StreamRunner:
         try:
             self.sink.open(ResumeState(committed, positions))
         except SinkFinalised as done:
+            with suppress(Exception):
+                self.sink.abort()  # its lock and threads: nothing to write
             self.final_frames = done.frames
             self.notes.append(f"a replacement worker found the file {done}")
             return
@@ -329,11 +332,16 @@ class StreamRunner:
         ring = self.ring
         max_bytes = self.batch_bytes
         unit = self.sink.batch_unit()
-        if 2 * unit <= ring.n_slots:  # a batch holds at least one unit
+        # A unit the batch can hold: waiting for it pays. One that a batch
+        # (up to 4x its size, half the ring) cannot hold: never trimmed.
+        reachable = 2 * unit <= ring.n_slots and unit * ring.stride <= 4 * max_bytes
+        if reachable:
             max_bytes = max(max_bytes, unit * ring.stride)
         count = ring.run_length(
             first, published, max_bytes, wrap=self.sink.copies_batches()
         )
+        if not reachable:
+            return count
         trimmed = self.sink.trim_batch(count)
         if trimmed == 0:
             # Waiting helps only if a boundary fits in a batch at all.
@@ -345,6 +353,13 @@ class StreamRunner:
     def batch_due(self) -> bool:
         """A batch should be submitted now (see `_next_count`)."""
         return self._next_count(self.published()) > 0
+
+    def wants_doorbell(self) -> bool:
+        """Whether the producer should wake the worker once a wake-up's
+        worth waits: not while that many already wait and the worker holds
+        them back for a page boundary (each new frame would ring); the nap
+        or a finished write wakes it then."""
+        return self.published() - self.next < self.ring.wake_frames
 
     def wait_hint(self) -> float | None:
         """Seconds until this stream needs the worker again: a commit due,
@@ -376,7 +391,12 @@ class StreamRunner:
         """
         if self.report is not None:
             return self.report
-        writes_sidecar = self.spec.writes_sidecar(orphaned=written_by != "writer")
+        orphaned = written_by == ORPHANED
+        writes_sidecar = self.spec.writes_sidecar(orphaned=orphaned)
+        # A caller that joins the sidecar itself may have added files to the
+        # run after this one opened: an orphan's sidecar may lack them, so
+        # its journal stays for `recover` to join them all.
+        removes_journal = writes_sidecar and not self.spec.sidecar_spec.by_caller
         if self.final_frames is None:
             self._finalise(reason, extra, writes_sidecar)
         elif writes_sidecar:
@@ -387,12 +407,12 @@ class StreamRunner:
                 atomic_write(report_path(self.spec.path), report.to_json())
             except Exception as exc:
                 report.secondary_errors.append(f"writing the report: {exc!r}")
-        if self._sidecar_done and self.journal is not None and writes_sidecar:
+        if self._sidecar_done and self.journal is not None and removes_journal:
             with suppress(OSError):
                 self.journal.remove()
         elif self.journal is not None:
             self.journal.close()
-        elif self._sidecar_done and writes_sidecar:
+        elif self._sidecar_done and removes_journal:
             with suppress(OSError):
                 os.unlink(journal_path(self.spec.path))
         self.report = report
@@ -627,7 +647,7 @@ class Worker:
             waitables.append(self.parent_sentinel)
         live = [r for r in self.streams.values() if not r.done]
         for r in live:
-            r.ring.worker_asleep = True
+            r.ring.worker_asleep = r.wants_doorbell()
         try:
             # Work to do only where frames wait AND the sink takes a batch:
             # with every write in flight, wait for one to finish (the I/O
@@ -773,13 +793,13 @@ class Worker:
                         close.reason,
                         close.producer,
                         close.extra_metadata,
-                        written_by="orphaned writer",
+                        written_by=ORPHANED,
                     )
                 else:
                     runner.close(
                         FinishReason.ACQUISITION_EXITED.value,
                         None,
-                        written_by="orphaned writer",
+                        written_by=ORPHANED,
                     )
             runner.release()
         self.streams.clear()

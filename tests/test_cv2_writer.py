@@ -153,6 +153,23 @@ def test_direct_mode_sidecar_and_bgr_pass_through(
         assert diff.mean() < 3, diff.mean()
 
 
+def test_direct_mode_closed_without_finish_keeps_its_sidecar(
+    tmp_path: Path, shared: WriterService
+) -> None:
+    # close() without finish(): the worker wrote the sidecar from the
+    # journal and removed it; nothing may rewrite that sidecar emptier.
+    path = tmp_path / "nofinish.avi"
+    writer = CV2Writer(path, fps=20, fourcc="MJPG", service=shared)
+    writer.begin(W, H, is_color=False)
+    for k in range(5):
+        assert writer.add_frame(np.full((H, W), 10 * k, np.uint8), {"k": k})
+    writer.close()
+    data = json.loads(Path(f"{path}_frame_metadata.json").read_bytes())
+    assert [r["k"] for r in data["frame_metadatas"]["p0"]] == list(range(5))
+    assert not list(tmp_path.glob("*journal*"))
+    assert len(_read(path)) == 5
+
+
 def test_direct_mode_checks_frames(tmp_path: Path, shared: WriterService) -> None:
     writer = CV2Writer(tmp_path / "d.avi", fourcc="MJPG", service=shared)
     with pytest.raises(RuntimeError, match="before begin"):

@@ -294,6 +294,29 @@ def test_recover_refuses_a_file_that_a_live_writer_still_drains(
     proc.communicate(timeout=10)  # the pipes, now that the writer let go
 
 
+def test_an_orphaned_handler_stream_keeps_its_journal_for_recover(
+    tmp_path: Path,
+) -> None:
+    # Its caller (a handler) joins the run's sidecar and may have added files
+    # after this one opened: the orphan writes a sidecar of its own file but
+    # keeps the journal, and `recover` joins the run from every journal.
+    path = tmp_path / "orphan_caller.ome.tiff"
+    proc = _child("orphan-caller", path)
+    worker, _ = _expect(proc, "OPEN")
+    _expect(proc, "READY")
+    proc.kill()
+    proc.wait(timeout=10)
+    _wait_until(lambda: _gone(int(worker)), "the orphaned writer to finish")
+    proc.communicate(timeout=10)
+    assert [m["i"] for m in _sidecar(path)] == list(range(40))
+    assert Path(f"{path}_journal.ndjson").exists()
+    result = recover(path)
+    assert result.recovered is False  # final already; only the sidecar joined
+    assert [m["i"] for m in _sidecar(path)] == list(range(40))
+    assert not Path(f"{path}_journal.ndjson").exists()
+    assert len(_frames(path, (64, 64))) == 40
+
+
 def test_a_second_writer_is_refused_on_a_live_file(tmp_path: Path) -> None:
     path = tmp_path / "owned.ome.tiff"
     alias = tmp_path / "alias.ome.tiff"

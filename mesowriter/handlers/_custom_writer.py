@@ -348,8 +348,11 @@ class CustomWriter:
                 self._record(f"{report.path}: {problem}")
         opened = list(self._streams.values())
         self._streams.clear()
-        if opened:
-            self._write_group_sidecar(opened)
+        # Streams whose worker writes the sidecar (video direct mode) are
+        # not joined again: their journals are gone once it is written.
+        joined = [s for s in opened if s.spec.sidecar_spec.by_caller]
+        if joined:
+            self._write_group_sidecar(joined)
         self._frame_metadatas = None  # read from the sidecar when asked for
         if self.errors:
             self.error = WriterError("; ".join(self.errors))

@@ -293,7 +293,8 @@ class TiffSink(Sink):
 
     # -- frames ------------------------------------------------------------------------
     def ready(self) -> bool:
-        if self._carry and self._pending:
+        staged = self.file is not None and self.file.direct
+        if self._carry and self._pending and staged:
             return False  # the next staged batch shares a page with this one
         return len(self._pending) < self.depth
 
