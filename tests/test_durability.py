@@ -275,19 +275,26 @@ def test_power_cut_on_a_real_ext4_image_copied_at_the_kill(tmp_path: Path) -> No
 
 
 # -- one owner per file ----------------------------------------------------------------
+def _orphan(mode: str, path: Path) -> tuple[subprocess.Popen[str], int]:
+    """A child that fills its ring, then dies: its writer drains it alone.
+    Returns the child and the writer's pid."""
+    proc = _child(mode, path)
+    worker, _ = _expect(proc, "OPEN")
+    _expect(proc, "READY")
+    proc.kill()
+    proc.wait(timeout=10)  # (not communicate: the writer holds the pipes open)
+    return proc, int(worker)
+
+
 def test_recover_refuses_a_file_that_a_live_writer_still_drains(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "draining.ome.tiff"
-    proc = _child("orphan", path)
-    worker, _ = _expect(proc, "OPEN")
-    _expect(proc, "READY")
-    proc.kill()  # the acquisition dies; its writer drains the ring alone
-    proc.wait(timeout=10)  # (not communicate: the writer holds the pipes open)
-    assert not _gone(int(worker))
+    proc, worker = _orphan("orphan", path)
+    assert not _gone(worker)
     with pytest.raises(RecoverError, match="live mesowriter process"):
         recover(path)
-    _wait_until(lambda: _gone(int(worker)), "the orphaned writer to finish")
+    _wait_until(lambda: _gone(worker), "the orphaned writer to finish")
     assert len(_frames(path, (64, 64))) == 40  # untouched by the refused recover
     assert [m["i"] for m in _sidecar(path)] == list(range(40))
     assert recover(path).recovered is False  # finalised by its writer
@@ -301,12 +308,8 @@ def test_an_orphaned_handler_stream_keeps_its_journal_for_recover(
     # after this one opened: the orphan writes a sidecar of its own file but
     # keeps the journal, and `recover` joins the run from every journal.
     path = tmp_path / "orphan_caller.ome.tiff"
-    proc = _child("orphan-caller", path)
-    worker, _ = _expect(proc, "OPEN")
-    _expect(proc, "READY")
-    proc.kill()
-    proc.wait(timeout=10)
-    _wait_until(lambda: _gone(int(worker)), "the orphaned writer to finish")
+    proc, worker = _orphan("orphan-caller", path)
+    _wait_until(lambda: _gone(worker), "the orphaned writer to finish")
     proc.communicate(timeout=10)
     assert [m["i"] for m in _sidecar(path)] == list(range(40))
     assert Path(f"{path}_journal.ndjson").exists()
