@@ -34,7 +34,8 @@ import os
 import threading
 import time
 import weakref
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import msgspec
@@ -228,6 +229,23 @@ class WriterService:
         return self._pool
 
     # -- streams ----------------------------------------------------------------
+    @contextmanager
+    def _opening_guard(self) -> Iterator[None]:
+        """While an open is under way no idle reap may stop the workers."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this WriterService is closed")
+            self._opening += 1
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._opening -= 1
+            self._schedule_idle_reap()
+
     def open_stream(
         self,
         path: str | os.PathLike[str],
@@ -260,165 +278,108 @@ class WriterService:
         first frames need, and whether the ring fits in memory.
         """
         t0 = time.perf_counter()
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("this WriterService is closed")
-            self._opening += 1  # from here no idle reap may stop the workers
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-        try:
-            return self._open_stream(
-                path,
-                shape=shape,
-                dtype=dtype,
+        with self._opening_guard():
+            if frames is not None and frames < 0:
+                raise ValueError("frames must be >= 0 or None")
+            if policy is not None:
+                check_policy(policy)
+            raw_path = os.fspath(path)
+            if not raw_path.strip():
+                raise ValueError("an empty path is not a file name")
+            kind = kind or sink_for_path(raw_path).kind
+            if video is not None and kind != "video":
+                raise ValueError(
+                    f"{raw_path!r} is written as {kind}: video options do not apply"
+                )
+            np_dtype = np.dtype(dtype).newbyteorder("<")
+            if np_dtype.itemsize == 1:
+                np_dtype = np_dtype.newbyteorder("|")
+            depth = self.write_depth if write_depth is None else int(write_depth)
+            if depth < 1:
+                raise ValueError("write_depth must be at least 1")
+            spec = StreamSpec(
+                stream_id=next(self._ids),
+                path=raw_path,
+                kind=kind,
+                shape=tuple(int(s) for s in shape),
+                dtype=np_dtype.str,
                 frames=frames,
                 overwrite=overwrite,
-                kind=kind,
                 position_key=position_key,
                 position_index=position_index,
-                ring_bytes=ring_bytes,
-                policy=policy,
-                metadata_bytes=metadata_bytes,
                 direct_io=direct_io,
                 sequence=sequence,
                 summary=summary,
                 video=video,
                 extra_metadata=extra_metadata,
-                sidecar=sidecar,
-                write_depth=write_depth,
-                notes=notes,
                 fault=_fault,
-                t0=t0,
+                write_depth=depth,
+                sidecar=sidecar,
+                notes=tuple(notes),
             )
-        finally:
-            with self._lock:
-                self._opening -= 1
-            self._schedule_idle_reap()
-
-    def _open_stream(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        shape: tuple[int, ...],
-        dtype: Any,
-        frames: int | None,
-        overwrite: bool,
-        kind: str | None,
-        position_key: str,
-        position_index: int | None,
-        ring_bytes: int | None,
-        policy: str | None,
-        metadata_bytes: int,
-        direct_io: bool,
-        sequence: dict[str, Any] | None,
-        summary: dict[str, Any] | None,
-        video: VideoOptions | None,
-        extra_metadata: dict[str, Any] | None,
-        sidecar: SidecarSpec | None,
-        write_depth: int | None,
-        notes: tuple[str, ...],
-        fault: str | None,
-        t0: float,
-    ) -> Stream:
-        if frames is not None and frames < 0:
-            raise ValueError("frames must be >= 0 or None")
-        if policy is not None:
-            check_policy(policy)
-        raw_path = os.fspath(path)
-        if not raw_path.strip():
-            raise ValueError("an empty path is not a file name")
-        kind = kind or sink_for_path(raw_path).kind
-        if video is not None and kind != "video":
-            raise ValueError(
-                f"{raw_path!r} is written as {kind}: video options do not apply"
+            sink_cls = sink_class(kind)
+            sink_cls.check(spec)
+            spec = sink_cls.prepare(spec)  # e.g. codec choice, warned about here
+            self._check_not_open(normalised_path(raw_path))
+            # The ring is planned before the path is prepared: a refusal of
+            # either leaves the disk as it was.
+            requested = ring_bytes or self.ring_bytes
+            if requested > psutil.virtual_memory().total:
+                raise MemoryError(
+                    f"ring_bytes={requested} asks for a ring larger than this "
+                    f"machine's {psutil.virtual_memory().total / 2**30:.1f} GiB "
+                    "of memory"
+                )
+            layout = RingLayout.plan(
+                ring_bytes=requested,
+                shape=spec.shape,
+                dtype=np_dtype,
+                metadata_bytes=metadata_bytes,
             )
-        np_dtype = np.dtype(dtype).newbyteorder("<")
-        if np_dtype.itemsize == 1:
-            np_dtype = np_dtype.newbyteorder("|")
-        depth = self.write_depth if write_depth is None else int(write_depth)
-        if depth < 1:
-            raise ValueError("write_depth must be at least 1")
-        spec = StreamSpec(
-            stream_id=next(self._ids),
-            path=raw_path,
-            kind=kind,
-            shape=tuple(int(s) for s in shape),
-            dtype=np_dtype.str,
-            frames=frames,
-            overwrite=overwrite,
-            position_key=position_key,
-            position_index=position_index,
-            direct_io=direct_io,
-            sequence=sequence,
-            summary=summary,
-            video=video,
-            extra_metadata=extra_metadata,
-            fault=fault,
-            write_depth=depth,
-            sidecar=sidecar,
-            notes=tuple(notes),
-        )
-        sink_cls = sink_class(kind)
-        sink_cls.check(spec)
-        spec = sink_cls.prepare(spec)  # e.g. codec choice, warned about here
-        self._check_not_open(normalised_path(raw_path))
-        # The ring is planned before the path is prepared: a refusal of
-        # either leaves the disk as it was.
-        requested = ring_bytes or self.ring_bytes
-        if requested > psutil.virtual_memory().total:
-            raise MemoryError(
-                f"ring_bytes={requested} asks for a ring larger than this machine's "
-                f"{psutil.virtual_memory().total / 2**30:.1f} GiB of memory"
+            if sink_cls.keeps_files:
+                path = prepare_output_path(
+                    raw_path,
+                    overwrite,
+                    sidecar=spec.sidecar_spec.path if spec.solo else None,
+                    space_needed=sink_cls.space_needed(spec),
+                )
+            else:  # nothing is written: the path only names the stream
+                path = normalised_path(raw_path)
+            spec = msgspec.structs.replace(spec, path=path)
+            if spec.sidecar is None:
+                spec = msgspec.structs.replace(spec, sidecar=spec.sidecar_spec)
+            self._start()
+            region, block = self._take_region(layout.region_bytes)
+            layout = msgspec.structs.replace(
+                layout, block=region.block, offset=region.offset
             )
-        layout = RingLayout.plan(
-            ring_bytes=requested,
-            shape=spec.shape,
-            dtype=np_dtype,
-            metadata_bytes=metadata_bytes,
-        )
-        if sink_cls.keeps_files:
-            path = prepare_output_path(
-                raw_path,
-                overwrite,
-                sidecar=spec.sidecar_spec.path if spec.solo else None,
-                space_needed=sink_cls.space_needed(spec),
-            )
-        else:  # nothing is written: the path only names the stream
-            path = normalised_path(raw_path)
-        spec = msgspec.structs.replace(spec, path=path)
-        if spec.sidecar is None:
-            spec = msgspec.structs.replace(spec, sidecar=spec.sidecar_spec)
-        self._start()
-        region, block = self._take_region(layout.region_bytes)
-        layout = msgspec.structs.replace(
-            layout, block=region.block, offset=region.offset
-        )
-        ring = FrameRing.create(layout, block)
-        stream: Stream | None = None
-        try:
-            with self._lock:
-                self._check_not_open(spec.path)
-                worker = self._workers.pick(own_process=sink_cls.cpu_bound)
-                stream = Stream(spec, ring, worker, policy or self.policy, self._done)
-                worker.streams.add(spec.stream_id)
-                self._streams[spec.stream_id] = stream
-                self._regions[spec.stream_id] = region
-            worker.send(m.OpenStream(spec, ring.layout))
-            stream.opened.wait()
-        except BaseException:
-            if stream is not None and self._streams.get(spec.stream_id) is stream:
-                # The worker has (or will have) the stream open on this ring:
-                # tell it to close, and give the region back only once it has.
-                stream.abandon()
-            else:
+            ring = FrameRing.create(layout, block)
+            stream: Stream | None = None
+            try:
+                with self._lock:
+                    self._check_not_open(spec.path)
+                    worker = self._workers.pick(own_process=sink_cls.cpu_bound)
+                    stream = Stream(
+                        spec, ring, worker, policy or self.policy, self._done
+                    )
+                    worker.streams.add(spec.stream_id)
+                    self._streams[spec.stream_id] = stream
+                    self._regions[spec.stream_id] = region
+                worker.send(m.OpenStream(spec, ring.layout))
+                stream.opened.wait()
+            except BaseException:
+                if stream is not None and self._streams.get(spec.stream_id) is stream:
+                    # The worker has (or will have) the stream open on this ring:
+                    # tell it to close, and give the region back only once it has.
+                    stream.abandon()
+                else:
+                    self._discard(spec.stream_id, ring, region)
+                raise
+            if stream.open_error is not None:
                 self._discard(spec.stream_id, ring, region)
-            raise
-        if stream.open_error is not None:
-            self._discard(spec.stream_id, ring, region)
-            raise stream.open_error
-        self.open_seconds.append(time.perf_counter() - t0)
-        return stream
+                raise stream.open_error
+            self.open_seconds.append(time.perf_counter() - t0)
+            return stream
 
     def _take_region(self, nbytes: int) -> tuple[Region, SharedBlock]:
         """A warm region; else (slow) a block of its own for this ring."""

@@ -51,7 +51,7 @@ from mesowriter._journal import (
     scan,
     write_group_sidecar,
 )
-from mesowriter._platform import atomic_write, os_path
+from mesowriter._platform import atomic_write, os_path, unlink
 from mesowriter._report import FinishReason, ProducerStats, StreamReport, dropped_from
 from mesowriter._ring import STORES_IN_ORDER, FrameRing, RingLayout, SharedBlock
 from mesowriter._spec import StreamSpec, journal_path, report_path
@@ -320,9 +320,10 @@ class StreamRunner:
     def _next_count(self, published: int) -> int:
         """Frames of the batch to submit now; 0: none yet.
 
-        A sink may ask for batches that end on a page boundary (staged
-        frames: then several batches can be in flight); until the frames
-        that complete one have arrived, nothing goes, unless `urgent`.
+        A sink may want batches that end on a multiple of its `batch_unit`
+        (staged frames: then batches share no page and several can be in
+        flight); until the frames that complete one have arrived, nothing
+        goes, unless `urgent`.
         """
         if not self.sink.ready() or not self.due(published):
             return 0
@@ -332,23 +333,19 @@ class StreamRunner:
         ring = self.ring
         max_bytes = self.batch_bytes
         unit = self.sink.batch_unit()
-        # A unit the batch can hold: waiting for it pays. One that a batch
-        # (up to 4x its size, half the ring) cannot hold: never trimmed.
+        # Waiting for a unit pays only if a batch (up to 4x its size, half
+        # the ring) can hold one; a sink with a unit copies, so may wrap.
         reachable = 2 * unit <= ring.n_slots and unit * ring.stride <= 4 * max_bytes
         if reachable:
             max_bytes = max(max_bytes, unit * ring.stride)
-        count = ring.run_length(
-            first, published, max_bytes, wrap=self.sink.copies_batches()
-        )
-        if not reachable:
+        count = ring.run_length(first, published, max_bytes, wrap=unit > 1)
+        if unit == 1 or not reachable:
             return count
-        trimmed = self.sink.trim_batch(count)
-        if trimmed == 0:
-            # Waiting helps only if a boundary fits in a batch at all.
-            full = count >= max(1, max_bytes // ring.stride)
-            if full or self._urgent(published):
-                return count
-        return trimmed
+        trimmed = count - (first + count) % unit
+        if trimmed > 0:
+            return trimmed
+        full = count >= max(1, max_bytes // ring.stride)
+        return count if full or self._urgent(published) else 0
 
     def batch_due(self) -> bool:
         """A batch should be submitted now (see `_next_count`)."""
@@ -364,11 +361,11 @@ class StreamRunner:
     def wait_hint(self) -> float | None:
         """Seconds until this stream needs the worker again: a commit due,
         or frames that will have waited a nap."""
-        hints = [h for h in (self.sink.next_commit_in(),) if h is not None]
-        if self._waiting_since is not None:
-            left = self._waiting_since + NAP_SECONDS - time.monotonic()
-            hints.append(max(0.0, left))
-        return min(hints) if hints else None
+        commit = self.sink.next_commit_in()
+        if self._waiting_since is None:
+            return commit
+        nap = max(0.0, self._waiting_since + NAP_SECONDS - time.monotonic())
+        return nap if commit is None else min(commit, nap)
 
     def fail(self, exc: BaseException) -> None:
         """Stop writing; what was committed stays (finalised at close)."""
@@ -413,8 +410,8 @@ class StreamRunner:
         elif self.journal is not None:
             self.journal.close()
         elif self._sidecar_done and removes_journal:
-            with suppress(OSError):
-                os.unlink(journal_path(self.spec.path))
+            with suppress(OSError):  # a leftover journal: recover removes it
+                unlink(journal_path(self.spec.path))
         self.report = report
         return report
 

@@ -365,7 +365,7 @@ class CustomWriter:
         Every file of the run as planned now (a run may add files after the
         first opened), never the list a stream was opened with.
         """
-        side = self._sidecar_spec(streams[0].spec.sidecar_spec.layout)
+        side = self._sidecar_spec()
         opened = {s.spec.position_key for s in streams}
         # A file that never opened has no journal of this run: whatever lies
         # at its journal's name (another run's) is not read.
@@ -461,7 +461,8 @@ class CustomWriter:
     def _sidecar_spec(
         self, layout: str = "positions", by_caller: bool = True
     ) -> SidecarSpec:
-        """The run's sidecar; `by_caller`: this writer joins it at the end."""
+        """The run's sidecar with every file planned so far; `by_caller`:
+        this writer joins it at the end (else the file's worker writes it)."""
         return SidecarSpec(
             path=self._frame_metadata_filename,
             layout=layout,
@@ -479,11 +480,12 @@ class CustomWriter:
         dtype: Any,
         *,
         kind: str,
-        sidecar_layout: str = "positions",
-        sidecar_by_caller: bool = True,
+        sidecar: SidecarSpec | None = None,
         **options: Any,
     ) -> Stream:
-        """Open the stream of file `f`, with its share of the ring."""
+        """Open the stream of file `f`, with its share of the ring; it
+        feeds the run's sidecar, which this writer joins (unless `sidecar`
+        says otherwise)."""
         n_files = max(1, len(self._files))
         return self._service.open_stream(
             f.path,
@@ -499,7 +501,7 @@ class CustomWriter:
             direct_io=self._direct_io,
             sequence=self._sequence_json,
             summary=self._summary,
-            sidecar=self._sidecar_spec(sidecar_layout, sidecar_by_caller),
+            sidecar=sidecar or self._sidecar_spec(),
             notes=tuple(self.notes),
             **options,
         )

@@ -41,7 +41,7 @@ from mesowriter._errors import WriterError
 from mesowriter._metadata import CustomJSONEncoder
 from mesowriter._report import StreamReport
 from mesowriter._service import WriterService
-from mesowriter._spec import VideoOptions
+from mesowriter._spec import SidecarSpec, VideoOptions
 from mesowriter._stream import Stream
 from mesowriter.handlers._custom_writer import CustomWriter, _File
 from mesowriter.sinks._video import stores_raw_16bit
@@ -296,9 +296,9 @@ class CV2Writer(CustomWriter):
             dtype,
             is_color=colour,
             color_order="BGR",
-            sidecar_layout="frame_metadatas",
-            # direct mode: the worker writes it, with finish()'s extra keys
-            sidecar_by_caller=False,
+            # direct mode: the legacy layout, written by the worker with
+            # finish()'s extra keys
+            sidecar=self._sidecar_spec("frame_metadatas", by_caller=False),
         )
 
     # -- shared ---------------------------------------------------------------------
@@ -310,8 +310,7 @@ class CV2Writer(CustomWriter):
         *,
         is_color: bool,
         color_order: str,
-        sidecar_layout: str = "positions",
-        sidecar_by_caller: bool = True,
+        sidecar: SidecarSpec | None = None,
     ) -> Stream:
         video = self._video
         bit_depth = video.bit_depth
@@ -335,8 +334,7 @@ class CV2Writer(CustomWriter):
             dtype,
             kind="video",
             video=opts,
-            sidecar_layout=sidecar_layout,
-            sidecar_by_caller=sidecar_by_caller,
+            sidecar=sidecar,
         )
 
 

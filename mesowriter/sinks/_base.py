@@ -48,7 +48,7 @@ class FrameBatch:
     `span` covers the frames' slots end to end; when `slot_stride` equals
     the frame size it is exactly the frames' pixels, back to back: one
     buffer a sink can hand to a single write. None when the batch wraps
-    around the ring (only for a sink that `copies_batches`).
+    around the ring (only for a sink whose `batch_unit` is above 1).
     """
 
     frames: list[SlotFrame]
@@ -153,19 +153,11 @@ class Sink(abc.ABC):
         """May another batch be submitted now?"""
         return True
 
-    def copies_batches(self) -> bool:
-        """Whether it copies each batch's pixels (so a batch may wrap
-        around the ring: its slots need not be consecutive in memory)."""
-        return False
-
     def batch_unit(self) -> int:
-        """Frames whose multiples make the batches it prefers (1: any)."""
+        """Frames whose multiples it wants batches to end on (1: any). A
+        sink that asks for more copies each batch's pixels (so a batch may
+        also wrap around the ring: its slots need not be consecutive)."""
         return 1
-
-    def trim_batch(self, count: int) -> int:
-        """How many of `count` frames the next batch should hold (0: none
-        yet; the worker then waits for more frames unless it must not)."""
-        return count
 
     @abc.abstractmethod
     def submit(self, batch: FrameBatch) -> list[int]:

@@ -53,7 +53,14 @@ import msgspec
 import numpy as np
 
 from mesowriter._layout import ImagejPlan, event_index, imagej_plan
-from mesowriter._platform import AlignedFile, Mode, fsync_dir
+from mesowriter._platform import (
+    O_BINARY,
+    O_NOFOLLOW,
+    AlignedFile,
+    Mode,
+    fsync_dir,
+    os_path,
+)
 from mesowriter._spec import StreamSpec
 from mesowriter.sinks._base import (
     COMMIT_BYTES,
@@ -205,8 +212,8 @@ class TiffSink(Sink):
     def never_started(cls, path: str) -> bool:
         """A first page of zeros (created, header not yet written), or a
         header block still `writing` with nothing committed."""
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:  # never through a planted link
+            fd = os.open(os_path(path), os.O_RDONLY | O_BINARY | O_NOFOLLOW)
         except OSError:
             return False
         try:
@@ -298,29 +305,16 @@ class TiffSink(Sink):
             return False  # the next staged batch shares a page with this one
         return len(self._pending) < self.depth
 
-    def copies_batches(self) -> bool:
-        """Staged frames (a size off the page grid, direct I/O) are copied
-        into an aligned buffer anyway: batches may wrap around the ring, so
-        the ring's end does not cut the pipeline short once a lap."""
-        return self.batch_unit() > 1
-
     def batch_unit(self) -> int:
-        """Staged frames: how many end on a page boundary (1 otherwise)."""
+        """Staged frames (a size off the page grid, direct I/O): how many end
+        on a page boundary. Batches of whole units share no page, so several
+        can be in flight; they are copied into an aligned buffer anyway, so
+        they may wrap around the ring. 1 otherwise."""
         f = self.file
         fb = self.geo.frame_nbytes
         if self.reordered or f is None or not f.direct or fb % f.alignment == 0:
             return 1
         return f.alignment // math.gcd(fb, f.alignment)
-
-    def trim_batch(self, count: int) -> int:
-        """Frames of a batch, cut so that a staged batch ends on a page
-        boundary: then batches share no page and several can be in flight,
-        as when frames are a whole number of pages. 0 when `count` frames
-        reach no boundary (the worker waits for more unless it must not)."""
-        unit = self.batch_unit()
-        if unit == 1:
-            return count
-        return max(0, count - (self._assigned + count) % unit)
 
     def submit(self, batch: FrameBatch) -> list[int]:
         """Start writing a batch; returns positions committed meanwhile (a
