@@ -19,6 +19,9 @@ normal use never reaches this code. Faults are written as
     die-after-close          the worker kills itself once the stream is
                              finalised (journal removed, report written) and
                              before it tells the parent
+    fail-sync:K              the K-th sync of the data file (the open's is the
+                             first, each commit makes two) raises EIO, as a
+                             disk that lost written pages reports it
     powercut:N               before the batch that would pass N submitted
                              frames (so never more than N), every byte written
                              to the data file and the journal since their
@@ -54,6 +57,7 @@ class Faults:
     die_in_open: bool = False
     die_after_finalise: bool = False
     powercut: int | None = None
+    fail_sync: int | None = None
 
     @classmethod
     def parse(cls, text: str | None, *, resumed: bool = False) -> Faults:
@@ -79,6 +83,8 @@ class Faults:
                 faults.die_after_close = not resumed
             elif kind == "powercut":
                 faults.powercut = int(args[0])
+            elif kind == "fail-sync":
+                faults.fail_sync = int(args[0])
             else:
                 raise ValueError(f"unknown fault {kind!r}")
         return faults
@@ -246,3 +252,22 @@ class PowerCutJournal:
         with UnsyncedLog._lock:
             self._inner.sync()
             UnsyncedLog.synced_locked(self._inner.path)
+
+
+class FailingSyncFile:
+    """An AlignedFile whose `nth` sync raises EIO (tests): what Linux
+    reports once writeback of some written pages failed."""
+
+    def __init__(self, inner: Any, nth: int) -> None:
+        self._inner = inner
+        self._nth = nth
+        self._syncs = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def sync(self) -> None:
+        self._syncs += 1
+        if self._syncs == self._nth:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), self._inner.path)
+        self._inner.sync()

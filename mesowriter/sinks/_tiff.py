@@ -23,6 +23,14 @@ The durable order of one commit (a group of completed batches)::
              4. description          declares the linked frames
              (the journal lines follow, then their own sync: see the worker)
 
+A commit runs on a committer thread of its own, one at a time, while the
+writer loop goes on submitting batches (a sync waits for the drive, which
+would otherwise idle while the loop waited too). What it writes is built
+before it starts; the sink's counts move, and the worker hears of the
+frames, only once its last step has returned. A commit that fails is not
+retried (Linux reports lost pages to one sync only): the stream stops, and
+the file keeps what earlier commits made durable.
+
 So at any instant of a cut the chain, the block, the description and the
 journal each describe only frames whose pixels reached the disk, and
 `recover` finds every frame the block or the journal vouches for. A commit
@@ -118,6 +126,19 @@ class _Pending:
 
 
 @dataclass
+class _CommitJob:
+    """A commit on the committer thread, and what the state becomes once
+    it returns (nothing changes before: the worker journals only durable
+    frames)."""
+
+    done: list[_Pending]
+    positions: list[int]
+    committed: int
+    prefix: int
+    future: Future[None]
+
+
+@dataclass
 class _State:
     """What the file holds, as far as commits went."""
 
@@ -152,11 +173,16 @@ class TiffSink(Sink):
         self._pending: deque[_Pending] = deque()
         self._completed: list[_Pending] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._committer: ThreadPoolExecutor | None = None
+        self._job: _CommitJob | None = None  # the commit in flight
+        self._broken: Exception | None = None  # a commit failed: no more
         self._carry = b""  # the partial last page of staged pixels
         self._carry_at = -1  # its file offset
         self._stages: list[Any] = []  # free aligned buffers for staged batches
         self._staged_batches = 0
         self._mid_page_batches = 0  # staged batches ending inside a page
+        self._commits = 0
+        self._commit_seconds = 0.0  # the committer thread busy in commits
         self.commit_bytes = COMMIT_BYTES  # the worker lowers it for small rings
         self._overflow = 0  # ImageJ positions handed out past the hyperstack
         self._assigned = 0  # frames given a position (submitted)
@@ -229,6 +255,7 @@ class TiffSink(Sink):
     def open(self, resume: ResumeState | None = None) -> None:
         spec = self.spec
         self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="mesowriter-io")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="mesowriter-commit")
         if resume is not None:
             self._resume(resume)
             return
@@ -321,6 +348,8 @@ class TiffSink(Sink):
         tail extent that had to move commits everything in flight first)."""
         f = self.file
         assert f is not None and self._pool is not None
+        if self._broken is not None:
+            raise OSError(errno.EIO, f"an earlier commit failed: {self._broken}")
         positions = [self._place(fr.metadata) for fr in batch.frames]
         try:
             committed = self._ensure_room(max(positions) + 1)
@@ -566,20 +595,28 @@ class TiffSink(Sink):
 
     # -- commits -----------------------------------------------------------------------
     def on_io(self, callback: Any) -> None:
-        """Call `callback(future)` whenever a write finishes (wakes the worker)."""
+        """Call `callback(future)` whenever a write or a commit finishes (wakes
+        the worker)."""
         self._on_io = callback
 
     def in_flight(self) -> bool:
-        return bool(self._pending or self._completed)
+        return bool(self._pending or self._completed or self._job)
 
     def wait_for_writes(self, timeout: float | None) -> None:
-        """Block until the oldest write in flight finishes (or `timeout`)."""
-        if self._pending:
-            futures.wait(self._pending[0].futures, timeout=timeout)
+        """Block until the oldest write (or the commit) in flight finishes,
+        or `timeout`."""
+        waiting: list[Future[Any]] = (
+            list(self._pending[0].futures) if self._pending else []
+        )
+        if self._job is not None:
+            waiting.append(self._job.future)
+        if waiting:
+            futures.wait(waiting, timeout=timeout, return_when=futures.FIRST_COMPLETED)
 
     def next_commit_in(self) -> float | None:
-        """Seconds until completed writes are due a commit; None if none wait."""
-        if not self._completed:
+        """Seconds until completed writes are due a commit; None if none wait
+        or a commit is in flight (its end wakes the worker)."""
+        if not self._completed or self._job is not None:
             return None
         return max(0.0, self._completed[0].done_at + COMMIT_SECONDS - time.monotonic())
 
@@ -587,10 +624,13 @@ class TiffSink(Sink):
         """Harvest finished writes in order; commit them when due.
 
         Returns the file positions of the frames newly committed, in
-        acquisition order. `force` waits for every write in flight and
-        commits. Raises `BatchFailed` when a write failed: the batches before
-        it are committed first (their positions are on the exception), later
-        ones are waited out and discarded, to be submitted again.
+        acquisition order. A commit runs on the committer thread while later
+        batches are written; its frames are returned once it has returned.
+        `force` waits for every write in flight and every commit. Raises
+        `BatchFailed` when a write failed: the batches before it are
+        committed first (their positions are on the exception), later ones
+        are waited out and discarded, to be submitted again. A failed commit
+        raises it with `failed` 0: nothing is committed from then on.
         """
         now = time.monotonic()
         while self._pending:
@@ -604,17 +644,31 @@ class TiffSink(Sink):
                 self._fail_batch(head, error)
             head.done_at = now
             self._completed.append(head)
-        if not self._completed:
-            return []
+        out = self._finish_commit(wait=force)
+        if self._job is not None or not self._completed:
+            return out
         due = (
             force
             or sum(p.nbytes for p in self._completed) >= self.commit_bytes
             or now - self._completed[0].done_at >= COMMIT_SECONDS
         )
-        return self._commit() if due else []
+        if due:
+            self._start_commit()
+            if force:
+                out += self._then(out, self._finish_commit, wait=True)
+        return out
+
+    @staticmethod
+    def _then(committed: list[int], step: Any, **kw: Any) -> list[int]:
+        """`step(**kw)`, after frames were `committed`: a failure carries them."""
+        try:
+            return list(step(**kw))
+        except BatchFailed as failed:
+            failed.committed = committed + failed.committed
+            raise
 
     def _fail_batch(self, head: _Pending, error: OSError) -> None:
-        committed = self._commit() if self._completed else []
+        committed = self._commit_all()
         later = list(self._pending)
         self._pending.clear()
         for p in later:
@@ -640,39 +694,104 @@ class TiffSink(Sink):
     def drain(self) -> list[int]:
         """Wait for every write in flight and commit it all."""
         out: list[int] = []
-        try:
-            while self._pending or self._completed:
-                out += self.collect(force=True)
-        except BatchFailed as failed:
-            failed.committed = out + failed.committed
-            raise
+        while self.in_flight():
+            out += self._then(out, self.collect, force=True)
         return out
 
-    def _commit(self) -> list[int]:
+    def _give_up_after(self, job: _CommitJob, exc: Exception) -> None:
+        """A commit failed: its writes and every later one are never
+        committed (their frames are reported not written); what earlier
+        commits made durable stays. A failed sync is not retried: Linux
+        reports lost pages once, and a later sync would return success."""
+        self._broken = exc
+        for p in [*job.done, *self._completed, *self._pending]:
+            _first_error(p.futures)  # wait: no write may land after this
+            self._give_back_stage(p)
+            self._inflight.difference_update(p.positions)
+        self._completed.clear()
+        self._pending.clear()
+        self._assigned = self.state.committed
+        self._carry = b""
+
+    def _commit_all(self) -> list[int]:
+        """The commit in flight, then one of every completed write, waited for."""
+        out = self._finish_commit(wait=True)
+        if self._completed:
+            self._start_commit()
+            out += self._then(out, self._finish_commit, wait=True)
+        return out
+
+    def _start_commit(self) -> None:
+        """Commit the completed writes on the committer thread.
+
+        What it writes is built here, from the state as it will be (the
+        state itself moves in `_finish_commit`): the links that extend the
+        chain over the group, the header block that says how many frames
+        are committed, the description that declares them.
+        """
+        assert self._committer is not None and self._job is None
+        if self._broken is not None:
+            raise OSError(errno.EIO, f"an earlier commit failed: {self._broken}")
+        done, self._completed = self._completed, []
+        positions = [pos for p in done for pos in p.positions]
+        st = self.state
+        committed = st.committed + len(positions)
+        prefix = self._prefix_after(positions)
+        links: list[tuple[bytes, int]] = []
+        if prefix > st.prefix:
+            links = self._ifds(max(st.prefix - 1, 0), prefix, linked_until=prefix)
+            if st.prefix == 0:
+                links.append((self._header_pointer(prefix), 0))
+        block = self._block("writing", committed=committed, prefix=prefix)
+        description = None
+        if prefix != st.declared:
+            description = (self._description_page(prefix), prefix)
+        future = self._committer.submit(self._commit_io, links, block, description)
+        self._job = _CommitJob(done, positions, committed, prefix, future)
+        if self._on_io is not None:
+            future.add_done_callback(self._on_io)
+
+    def _commit_io(
+        self,
+        links: list[tuple[bytes, int]],
+        block: HeaderBlock,
+        description: tuple[bytes, int] | None,
+    ) -> None:
+        """The durable order of one commit (see the module docstring)."""
         f = self.file
         assert f is not None
-        done, self._completed = self._completed, []
-        st = self.state
+        t0 = time.perf_counter()
         try:
             f.sync()  # 1. pixels and IFDs of the group durable
-        except BaseException:
-            self._completed = done + self._completed  # nothing was committed
-            raise
-        old_prefix = st.prefix
-        positions = [pos for p in done for pos in p.positions]
-        for pos in positions:
+            self._put_all(links)  # 2. extend the chain over the group
+            f.pwrite_meta(block.encode(), block.slot)  # 3. committed = n
+            f.sync()  # the links and the block durable
+            if description is not None:  # 4. readers see them
+                f.pwrite_meta(description[0], DESCRIPTION_OFFSET)
+        finally:
+            self._commit_seconds += time.perf_counter() - t0
+
+    def _finish_commit(self, *, wait: bool) -> list[int]:
+        """The frames of the commit in flight once it has returned (`wait`:
+        wait for it); [] while it runs. A commit that failed gives its
+        writes back, uncommitted, and raises."""
+        job = self._job
+        if job is None or (not wait and not job.future.done()):
+            return []
+        self._job = None
+        self._commits += 1
+        try:
+            job.future.result()
+        except Exception as exc:
+            self._give_up_after(job, exc)
+            raise BatchFailed([], 0, 0, as_oserror(exc)) from exc
+        st = self.state
+        for pos in job.positions:
             self._mark(pos)
-        self._inflight.difference_update(positions)
-        st.committed += len(positions)
-        st.prefix = self._prefix_from(old_prefix)
-        if st.prefix > old_prefix:  # 2. extend the chain over the group
-            self._link(max(old_prefix - 1, 0), st.prefix)
-            if old_prefix == 0:
-                self._write_header_pointer()
-        self._write_block("writing")  # 3. committed = n
-        f.sync()  # the links and the block durable
-        self._write_description(st.prefix)  # 4. readers see them
-        return positions
+        self._inflight.difference_update(job.positions)
+        st.committed, st.prefix = job.committed, job.prefix
+        st.declared = job.prefix
+        return job.positions
 
     def _mark(self, pos: int) -> None:
         st = self.state
@@ -682,6 +801,16 @@ class TiffSink(Sink):
         if pos >= len(w):
             w.extend(bytes(pos + 1 - len(w) + 1024))
         w[pos] = 1
+
+    def _prefix_after(self, positions: list[int]) -> int:
+        """The linked prefix once `positions` are committed too."""
+        st = self.state
+        if not self.reordered:
+            return st.committed + len(positions)
+        w, p, more = st.written, st.prefix, set(positions)
+        while (p < len(w) and w[p]) or p in more:
+            p += 1
+        return p
 
     def _prefix_from(self, start: int) -> int:
         st = self.state
@@ -698,10 +827,17 @@ class TiffSink(Sink):
 
     def _write_header_pointer(self) -> None:
         assert self.file is not None
-        first = self.geo.ifd_offset(0, self.tail) if self.state.prefix else 0
-        self.file.pwrite_meta(header_bytes(first, bigtiff=True), 0)
+        self.file.pwrite_meta(self._header_pointer(self.state.prefix), 0)
 
-    def _block(self, state: str) -> HeaderBlock:
+    def _header_pointer(self, prefix: int) -> bytes:
+        """The TIFF header, pointing at IFD 0 once `prefix` frames are linked."""
+        first = self.geo.ifd_offset(0, self.tail) if prefix else 0
+        return header_bytes(first, bigtiff=True)
+
+    def _block(
+        self, state: str, *, committed: int | None = None, prefix: int | None = None
+    ) -> HeaderBlock:
+        """The next header block: the state's counts, or those given."""
         st = self.state
         self.generation += 1
         return HeaderBlock(
@@ -712,8 +848,8 @@ class TiffSink(Sink):
             dtype=self.spec.dtype,
             front_capacity=self.geo.front_capacity,
             tail_offset=self.tail,
-            committed=st.committed,
-            prefix=st.prefix,
+            committed=st.committed if committed is None else committed,
+            prefix=st.prefix if prefix is None else prefix,
             reordered=self.reordered,
             owner=self._owner,
         )
@@ -729,13 +865,15 @@ class TiffSink(Sink):
         st = self.state
         if frames == st.declared:
             return
-        text = self._provisional_text(frames)
-        raw = text.encode("ascii")
+        self.file.pwrite_meta(self._description_page(frames), DESCRIPTION_OFFSET)
+        st.declared = frames
+
+    def _description_page(self, frames: int) -> bytes:
+        """The provisional description's page, declaring `frames` frames."""
+        raw = self._provisional_text(frames).encode("ascii")
         if len(raw) >= DESCRIPTION_CAPACITY:
             raise ValueError("provisional description does not fit its page")
-        page = raw.ljust(DESCRIPTION_CAPACITY - 1, b" ") + b"\x00"
-        self.file.pwrite_meta(page, DESCRIPTION_OFFSET)
-        st.declared = frames
+        return raw.ljust(DESCRIPTION_CAPACITY - 1, b" ") + b"\x00"
 
     def _provisional_text(self, frames: int) -> str:
         if self.format == "ome":
@@ -765,6 +903,8 @@ class TiffSink(Sink):
             "write_depth": self.depth,
             "staged_batches": self._staged_batches,
             "mid_page_batches": self._mid_page_batches,
+            "commits": self._commits,
+            "commit_seconds": round(self._commit_seconds, 3),
         }
         st = self.state
         n = st.committed
@@ -862,9 +1002,10 @@ class TiffSink(Sink):
         f.sync()
 
     def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._committer):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._committer = None
         if self.file is not None:
             self.file.close()
             self.file = None
@@ -874,6 +1015,9 @@ class TiffSink(Sink):
             for fu in p.futures:
                 fu.exception()
         self._pending.clear()
+        if self._job is not None:
+            self._job.future.exception()
+            self._job = None
         self._shutdown()
 
     @property
@@ -931,12 +1075,19 @@ def as_oserror(exc: BaseException) -> OSError:
 
 
 def _with_faults(f: AlignedFile, spec: StreamSpec) -> AlignedFile:
-    """Tests only: a file whose unsynced writes a modelled power cut undoes."""
-    if spec.fault and "powercut" in spec.fault:
-        from mesowriter._faults import PowerCutFile
+    """Tests only: a file whose unsynced writes a modelled power cut undoes,
+    or whose syncs fail."""
+    if not spec.fault:
+        return f
+    from mesowriter._faults import FailingSyncFile, Faults, PowerCutFile
 
-        return PowerCutFile(f)  # type: ignore[return-value]
-    return f
+    faults = Faults.parse(spec.fault)
+    out: Any = f
+    if faults.powercut is not None:
+        out = PowerCutFile(out)
+    if faults.fail_sync is not None:
+        out = FailingSyncFile(out, faults.fail_sync)
+    return out  # type: ignore[no-any-return]
 
 
 def _front_capacity(spec: StreamSpec) -> int:
