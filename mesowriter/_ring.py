@@ -17,8 +17,9 @@ Frame `seq` lives in slot `seq % n_slots`. The producer (the acquisition
 process) only ever advances `write_cursor` and `received`; the worker only
 ever advances `read_cursor`. A slot is free for frame `seq` once
 `seq - read_cursor < n_slots`. Each cursor is an aligned 8-byte word with a
-single writer, so no lock is needed. A word `worker_asleep` tells the
-producer whether the worker waits on its pipe (see `Stream.write`).
+single writer, so no lock is needed. A word `wake_at` tells the producer
+that the worker waits on its pipe, and from which frame on it wants the
+doorbell (see `Stream.write`).
 
 Ordering: pixels are copied before `write_cursor` moves. On x86-64 stores
 become visible in program order, so a worker that sees the cursor sees the
@@ -55,7 +56,7 @@ _META_HEAD_STRUCT = struct.Struct("<QQ")  # metadata length, stream index
 # Header words (uint64 indices into a region's header page).
 _MAGIC, _VERSION, _NSLOTS, _STRIDE, _FRAME_NBYTES = 0, 1, 2, 3, 4
 _META_CAP, _DATA_OFFSET, _WRITE, _READ, _BYTES_WRITTEN = 5, 6, 7, 8, 9
-_ASLEEP, _RECEIVED = 10, 11
+_WAKE_AT, _RECEIVED = 10, 11
 _HEADER_WORDS = 16
 
 
@@ -306,13 +307,15 @@ class FrameRing:
         self._header[_BYTES_WRITTEN] = value
 
     @property
-    def worker_asleep(self) -> bool:
-        """Set by the worker just before it waits on its pipe."""
-        return bool(self._header[_ASLEEP])
+    def wake_at(self) -> int:
+        """Set by the worker just before it waits on its pipe: ring the
+        doorbell once `write_cursor` reaches this (0: awake, or no doorbell
+        wanted)."""
+        return int(self._header[_WAKE_AT])
 
-    @worker_asleep.setter
-    def worker_asleep(self, value: bool) -> None:
-        self._header[_ASLEEP] = int(value)
+    @wake_at.setter
+    def wake_at(self, value: int) -> None:
+        self._header[_WAKE_AT] = value
 
     # -- slots ------------------------------------------------------------------
     def _pixel_view(self, slot: int) -> np.ndarray:

@@ -75,8 +75,7 @@ class Stream:
         self._dtype = np.dtype(spec.dtype)
         self._encoder = MetadataEncoder()
         self._doorbell = m.encoder.encode(m.Doorbell(spec.stream_id))
-        # ring.wake_frames: see _ring.WAKE_BYTES (the worker also naps)
-        self._bell_frames = ring.wake_frames
+        self._rang_at = 0  # the worker's `wake_at` the doorbell was rung for
         self._lock = threading.Lock()
         self._space = threading.Event()
         self.opened = threading.Event()
@@ -168,10 +167,12 @@ class Stream:
                 self._t_first = time.perf_counter()
             if not STORES_IN_ORDER:  # the pipe orders the stores: every frame
                 self.worker.send(m.Doorbell(self.spec.stream_id, seq + 1))
-            elif fill >= self._bell_frames and ring.worker_asleep:
+            elif (wake := ring.wake_at) and seq + 1 >= wake != self._rang_at:
                 # Waking the worker costs this thread more than the pipe write
-                # (a cross-CPU wake-up, on a VM an IPI): only when it sleeps
-                # and enough frames wait.
+                # (a cross-CPU wake-up, on a VM an IPI): only when it sleeps,
+                # once enough frames wait to be written (not merely to be
+                # committed), and once per sleep.
+                self._rang_at = wake
                 self.worker.send_raw(self._doorbell)
             return True
 

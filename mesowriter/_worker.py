@@ -8,10 +8,11 @@
       copy pixels -> ring slot  ===shm===>     StreamRunner.pump()
       meta JSON   -> ring meta  ===shm===>       sink.submit(batch)  several
       write_cursor += 1                            writes in flight (threads)
-      Doorbell ----------------pipe------->      sink.collect(): commit =
-        (only to a sleeping worker, once           sync, link, header block
-         a few frames wait; a worker with        journal lines + sync
-         streams also wakes itself)              read_cursor += n  (slot free)
+      Doorbell ----------------pipe------->      sink.collect(): a commit
+        (only to a sleeping worker, once           (sync, link, header block)
+         a wake-up's worth waits to be             on the committer thread
+         written; a worker with streams          its journal lines + sync
+         also wakes itself)                      read_cursor += n  (slot free)
       (full ring) WantSpace ---pipe------->      ... Space once a slot is free
       CloseStream(+ producer figures) ---->      drain, finalise, sidecar,
                                                  report, journal removed
@@ -68,6 +69,10 @@ BATCH_BYTES = 64 * 1024 * 1024
 # A worker with open streams wakes itself this often to look at the rings, so
 # that producers need not wake it for every frame (see Stream.write).
 NAP_SECONDS = 0.01
+# Frames stopped arriving this long ago: what was written is committed now,
+# not at the next COMMIT_SECONDS (the end of a burst, or of a run before
+# its close, is durable and its slots are free sooner).
+IDLE_SECONDS = 2 * NAP_SECONDS
 ORPHANED = "orphaned writer"  # a report's written_by when the parent died
 
 
@@ -134,6 +139,8 @@ class StreamRunner:
         # nap or `flush` (closing, orphaned): see _ring.WAKE_BYTES.
         self.flush = False
         self._waiting_since: float | None = None
+        self._seen = self.next  # the write cursor last seen, and when it moved
+        self._last_arrival = time.monotonic()
 
     def _open_new(self) -> None:
         """Create file and journal; on failure leave no half-made file that
@@ -250,12 +257,20 @@ class StreamRunner:
 
     def _collect(self) -> bool:
         try:
-            positions = self.sink.collect()
+            positions = self.sink.collect(idle=self._idle())
         except BatchFailed as failed:
             self._after_failure(failed, self.committed)
             return True
         self._commit(positions)
         return bool(positions)
+
+    def _idle(self) -> bool:
+        """No frame arrived for IDLE_SECONDS and every frame was submitted."""
+        published, now = self.published(), time.monotonic()
+        if published != self._seen:
+            self._seen, self._last_arrival = published, now
+            return False
+        return published == self.next and now - self._last_arrival >= IDLE_SECONDS
 
     def _after_failure(self, failed: BatchFailed, resume_at: int) -> None:
         """Journal what the sink committed before the failure; then either
@@ -351,17 +366,24 @@ class StreamRunner:
         """A batch should be submitted now (see `_next_count`)."""
         return self._next_count(self.published()) > 0
 
-    def wants_doorbell(self) -> bool:
-        """Whether the producer should wake the worker once a wake-up's
-        worth waits: not while that many already wait and the worker holds
-        them back for a page boundary (each new frame would ring); the nap
-        or a finished write wakes it then."""
-        return self.published() - self.next < self.ring.wake_frames
+    def doorbell_at(self) -> int:
+        """The write cursor at which the producer should wake this worker
+        from its sleep: once a wake-up's worth waits to be submitted. 0 (no
+        doorbell) while that many already wait and the worker holds them
+        back for a page boundary: the nap or a finished write wakes it then."""
+        if self.published() - self.next >= self.ring.wake_frames:
+            return 0
+        return self.next + self.ring.wake_frames
 
     def wait_hint(self) -> float | None:
-        """Seconds until this stream needs the worker again: a commit due,
-        or frames that will have waited a nap."""
+        """Seconds until this stream needs the worker again: a commit due
+        (by the sink's pace, or frames stopped arriving), or frames that
+        will have waited a nap."""
         commit = self.sink.next_commit_in()
+        if commit is not None and self.published() == self.next:
+            # or sooner, once frames stop arriving (see `_idle`)
+            idle = self._last_arrival + IDLE_SECONDS - time.monotonic()
+            commit = min(commit, max(0.0, idle))
         if self._waiting_since is None:
             return commit
         nap = max(0.0, self._waiting_since + NAP_SECONDS - time.monotonic())
@@ -635,7 +657,7 @@ class Worker:
     def _sleep(self) -> list[Any]:
         """Wait for a message, a finished write, the parent's death or a nap.
 
-        Each ring's `worker_asleep` flag tells its producer to ring the
+        Each ring's `wake_at` word tells its producer when to ring the
         doorbell; the rings are looked at again after setting it, so a frame
         published meanwhile is not left waiting for the nap to end.
         """
@@ -644,7 +666,7 @@ class Worker:
             waitables.append(self.parent_sentinel)
         live = [r for r in self.streams.values() if not r.done]
         for r in live:
-            r.ring.worker_asleep = r.wants_doorbell()
+            r.ring.wake_at = r.doorbell_at()
         try:
             # Work to do only where frames wait AND the sink takes a batch:
             # with every write in flight, wait for one to finish (the I/O
@@ -658,7 +680,7 @@ class Worker:
             ready = list(connection.wait(waitables, timeout=timeout))
         finally:
             for r in live:
-                r.ring.worker_asleep = False
+                r.ring.wake_at = 0
         with suppress(OSError, EOFError):
             while self._io_r.poll():
                 self._io_r.recv_bytes()

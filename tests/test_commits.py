@@ -4,6 +4,7 @@ commit that failed is never retried."""
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ import tifffile
 from mesowriter import WriterError, WriterService
 from mesowriter._ring import page_aligned_buffer
 from mesowriter._spec import StreamSpec
-from mesowriter.sinks._base import FrameBatch, SlotFrame
+from mesowriter.sinks._base import BatchFailed, FrameBatch, SlotFrame
 from mesowriter.sinks._tiff import TiffSink
 from mesowriter.sinks._tiff_format import PAGE, newest_block
 from tests.conftest import index_frame
@@ -92,15 +93,19 @@ def test_writes_go_on_while_a_commit_waits_for_the_drive(tmp_path: Path) -> None
     np.testing.assert_array_equal(tifffile.imread(path), frames)
 
 
-def test_a_failed_sync_is_never_retried_and_reaches_the_user(tmp_path: Path) -> None:
+@pytest.mark.parametrize("nth", [4, 5], ids=["before-links", "after-links"])
+def test_a_failed_sync_is_never_retried_and_reaches_the_user(
+    tmp_path: Path, nth: int
+) -> None:
     # The open syncs once and each commit twice: the fourth sync is the
-    # first of the second commit. Linux reports lost pages to one sync
-    # only, so a retry would "succeed" over them: the frames of that
-    # commit and every later one are reported not written.
+    # first of the second commit, the fifth its second, once the links over
+    # its frames are written. Linux reports lost pages to one sync only, so
+    # a retry would "succeed" over them: the frames of that commit and every
+    # later one are reported not written, and no IFD leads to them.
     path = tmp_path / "eio.ome.tiff"
     with WriterService(ring_bytes=4 << 20) as svc:
         stream = svc.open_stream(
-            path, shape=SHAPE, dtype="uint16", _fault="fail-sync:4"
+            path, shape=SHAPE, dtype="uint16", _fault=f"fail-sync:{nth}"
         )
         for i in range(10):
             stream.write(index_frame(i, SHAPE), {"i": i})
@@ -121,9 +126,117 @@ def test_a_failed_sync_is_never_retried_and_reaches_the_user(tmp_path: Path) -> 
     assert 1 <= kept <= 10  # the worker took them in two
     assert report.frames_received == report.frames_written + report.frames_dropped
     assert report.dropped_indices == list(range(kept, report.frames_received))
+    with tifffile.TiffFile(path) as tf:  # the chain ends where the frames do
+        assert len(tf.pages) == kept
+        assert all(page.asarray().shape == SHAPE for page in tf.pages)
     data = tifffile.imread(path)  # finalised with what the first commit made durable
     np.testing.assert_array_equal(
         data.reshape(-1, *SHAPE), np.stack([index_frame(i, SHAPE) for i in range(kept)])
     )
     side = json.loads(Path(f"{path}_frame_metadata.json").read_text())["p0"]
     assert [m["i"] for m in side] == list(range(kept))
+
+
+def _sink(tmp_path: Path, **spec: object) -> TiffSink:
+    sink = TiffSink(
+        StreamSpec(
+            stream_id=1,
+            path=str(tmp_path / "unit.ome.tiff"),
+            kind="ome-tiff",
+            shape=SHAPE,
+            dtype="<u2",
+            **spec,  # type: ignore[arg-type]
+        )
+    )
+    sink.open()
+    sink.commit_bytes = 1
+    return sink
+
+
+def _aligned_frames(n: int) -> np.ndarray:
+    frames = np.frombuffer(page_aligned_buffer(n * 8192), "<u2").reshape(n, *SHAPE)
+    frames[:] = [index_frame(i, SHAPE) for i in range(n)]
+    return frames
+
+
+def test_waiting_for_a_write_sleeps_until_it_lands(tmp_path: Path) -> None:
+    # A batch is a pixel write and an IFD write; the IFDs land first. The
+    # wait must then sleep on the pixels, not return at once (a spinning
+    # loop starves the I/O threads of the GIL).
+    sink = _sink(tmp_path)
+    assert sink.file is not None
+    release = threading.Event()
+    real_pwrite = sink.file.pwrite
+
+    def held_pwrite(buf: object, offset: int) -> int:
+        release.wait(30)
+        return real_pwrite(buf, offset)  # type: ignore[arg-type]
+
+    sink.file.pwrite = held_pwrite  # type: ignore[method-assign]
+    try:
+        sink.submit(_batch(_aligned_frames(2), 0, 2))
+        deadline = time.monotonic() + 10
+        while not sink._pending[0].futures[-1].done():  # the IFDs
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        t0 = time.monotonic()
+        sink.wait_for_writes(0.3)
+        assert time.monotonic() - t0 >= 0.25
+    finally:
+        release.set()
+    assert sink.drain() == [0, 1]
+    sink.close("completed", iter([(0, b"{}"), (1, b"{}")]))
+
+
+def test_a_flush_that_lost_cached_writes_fails_the_commit(tmp_path: Path) -> None:
+    # Buffered pixels are flushed every `sync_every` bytes on the I/O
+    # threads; a flush that failed took the one report of lost pages, so
+    # the commit's own sync would succeed: the commit must fail anyway.
+    sink = _sink(tmp_path, direct_io=False)
+    f = sink.file
+    assert f is not None and not f.direct
+    f.sync_every = 1  # a flush after every pixel write
+    frames = _aligned_frames(4)
+    assert sink.submit(_batch(frames, 0, 2)) == []
+    _wait_for_writes(sink)
+
+    def lost() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    f._flush_dirty = lost  # type: ignore[method-assign]
+    sink.submit(_batch(frames, 2, 2))
+    _wait_for_writes(sink)
+    with pytest.raises(BatchFailed) as info:
+        sink.drain()
+    assert info.value.failed == 0 and info.value.committed == []
+    assert sink.committed == 0 and not sink.in_flight()
+    with pytest.raises(OSError, match="earlier commit failed"):
+        sink.submit(_batch(frames, 2, 2))
+    sink.abort()
+
+
+def test_a_commit_that_cannot_start_keeps_its_writes_and_what_came_before(
+    tmp_path: Path,
+) -> None:
+    sink = _sink(tmp_path)
+    frames = _aligned_frames(4)
+    sink.submit(_batch(frames, 0, 2))
+    _wait_for_writes(sink)
+    assert sink.collect() == []  # the first commit is running
+    sink.submit(_batch(frames, 2, 2))
+    _wait_for_writes(sink)
+
+    def too_long(frames: int) -> bytes:
+        raise ValueError("provisional description does not fit its page")
+
+    sink._description_page = too_long  # type: ignore[method-assign]
+    with pytest.raises(BatchFailed) as info:
+        sink.drain()
+    # The first commit's frames are on the exception (the worker journals
+    # them); the second batch is still there, uncommitted.
+    assert info.value.committed == [0, 1] and info.value.failed == 0
+    assert sink.committed == 2 and sink.in_flight()
+    del sink._description_page
+    assert sink.drain() == [2, 3]
+    sink.close("completed", iter([(i, b"{}") for i in range(4)]))
+    np.testing.assert_array_equal(tifffile.imread(sink.spec.path), frames)

@@ -464,11 +464,19 @@ class AlignedFileBase(ABC):
                 raise OSError(errno.EIO, "a write made no progress")
             done += n
 
+    lost_writes: OSError | None = None  # a flush of cached pixels failed
+
     def _bound_dirty(self, nbytes: int) -> None:
         self._unsynced += nbytes
         if self._unsynced >= self.sync_every:
             self._unsynced = 0
-            self._flush_dirty()
+            try:
+                self._flush_dirty()
+            except OSError as exc:
+                # Written pages may be lost, and Linux reports that once: a
+                # later sync would succeed over them. Kept for the commit.
+                self.lost_writes = exc
+                raise
 
     def _reserve_failed(self, exc: OSError, length: int) -> None:
         """Decide what a failed reservation means: ENOSPC, nothing, or raise."""

@@ -164,8 +164,13 @@ class Sink(abc.ABC):
         """Start writing `batch`; return positions committed meanwhile."""
 
     @abc.abstractmethod
-    def collect(self, *, force: bool = False) -> list[int]:
-        """Positions of the frames newly committed (acquisition order)."""
+    def collect(self, *, force: bool = False, idle: bool = False) -> list[int]:
+        """Positions of the frames newly committed (acquisition order).
+
+        A commit is due every `commit_bytes` or `COMMIT_SECONDS`; `idle`
+        (frames stopped arriving) makes what was written due now; `force`
+        waits for every write and commits it.
+        """
 
     def drain(self) -> list[int]:
         """Wait for every write and commit it."""
@@ -220,11 +225,12 @@ class SynchronousSink(Sink):
     def write(self, batch: FrameBatch) -> None:
         """Write the batch now, in order."""
 
-    def collect(self, *, force: bool = False) -> list[int]:
+    def collect(self, *, force: bool = False, idle: bool = False) -> list[int]:
         """Frames written, at the commit pace of the other sinks."""
         frame = max(1, self.spec.frame_nbytes)
         due = (
             force
+            or idle
             or len(self._done) * frame >= self.commit_bytes
             or time.monotonic() - self._since >= COMMIT_SECONDS
         )

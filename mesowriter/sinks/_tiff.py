@@ -34,8 +34,9 @@ the file keeps what earlier commits made durable.
 So at any instant of a cut the chain, the block, the description and the
 journal each describe only frames whose pixels reached the disk, and
 `recover` finds every frame the block or the journal vouches for. A commit
-is due every `COMMIT_BYTES` or `COMMIT_SECONDS`, whichever comes first, and
-at close: a power cut loses at most what the ring held plus that much.
+is due every `COMMIT_BYTES` or `COMMIT_SECONDS`, whichever comes first, as
+soon as frames stop arriving (the worker says when), and at close: a power
+cut loses at most what the ring held plus that much.
 
 ImageJ (`.tif` names): planes go in TZC order whatever the acquisition
 order, so a t/c/z acquisition is reordered in the file (each frame at the
@@ -355,8 +356,8 @@ class TiffSink(Sink):
             committed = self._ensure_room(max(positions) + 1)
         except BatchFailed as exc:
             self._inflight.difference_update(positions)
-            if exc.discarded:  # a write in flight failed: all of them went
-                raise
+            if exc.discarded or self._broken is not None:
+                raise  # every write in flight went (or a commit failed)
             self._assigned -= len(positions)
             raise BatchFailed(exc.committed, len(positions), 0, exc.cause) from exc
         except Exception as exc:  # e.g. no room left to reserve
@@ -605,9 +606,8 @@ class TiffSink(Sink):
     def wait_for_writes(self, timeout: float | None) -> None:
         """Block until the oldest write (or the commit) in flight finishes,
         or `timeout`."""
-        waiting: list[Future[Any]] = (
-            list(self._pending[0].futures) if self._pending else []
-        )
+        head = self._pending[0].futures if self._pending else []
+        waiting: list[Future[Any]] = [fu for fu in head if not fu.done()]
         if self._job is not None:
             waiting.append(self._job.future)
         if waiting:
@@ -620,12 +620,13 @@ class TiffSink(Sink):
             return None
         return max(0.0, self._completed[0].done_at + COMMIT_SECONDS - time.monotonic())
 
-    def collect(self, *, force: bool = False) -> list[int]:
+    def collect(self, *, force: bool = False, idle: bool = False) -> list[int]:
         """Harvest finished writes in order; commit them when due.
 
         Returns the file positions of the frames newly committed, in
         acquisition order. A commit runs on the committer thread while later
         batches are written; its frames are returned once it has returned.
+        `idle` makes completed writes due now (see `Sink.collect`);
         `force` waits for every write in flight and every commit. Raises
         `BatchFailed` when a write failed: the batches before it are
         committed first (their positions are on the exception), later ones
@@ -649,11 +650,12 @@ class TiffSink(Sink):
             return out
         due = (
             force
+            or idle
             or sum(p.nbytes for p in self._completed) >= self.commit_bytes
             or now - self._completed[0].done_at >= COMMIT_SECONDS
         )
         if due:
-            self._start_commit()
+            self._then(out, self._start_commit)
             if force:
                 out += self._then(out, self._finish_commit, wait=True)
         return out
@@ -662,13 +664,17 @@ class TiffSink(Sink):
     def _then(committed: list[int], step: Any, **kw: Any) -> list[int]:
         """`step(**kw)`, after frames were `committed`: a failure carries them."""
         try:
-            return list(step(**kw))
+            return list(step(**kw) or [])
         except BatchFailed as failed:
             failed.committed = committed + failed.committed
             raise
 
     def _fail_batch(self, head: _Pending, error: OSError) -> None:
-        committed = self._commit_all()
+        try:
+            committed = self._commit_all()
+        except BatchFailed:  # a commit failed too: nothing more is committed
+            self._inflight.difference_update(head.positions)
+            raise
         later = list(self._pending)
         self._pending.clear()
         for p in later:
@@ -717,7 +723,7 @@ class TiffSink(Sink):
         """The commit in flight, then one of every completed write, waited for."""
         out = self._finish_commit(wait=True)
         if self._completed:
-            self._start_commit()
+            self._then(out, self._start_commit)
             out += self._then(out, self._finish_commit, wait=True)
         return out
 
@@ -727,26 +733,32 @@ class TiffSink(Sink):
         What it writes is built here, from the state as it will be (the
         state itself moves in `_finish_commit`): the links that extend the
         chain over the group, the header block that says how many frames
-        are committed, the description that declares them.
+        are committed, the description that declares them. Raises
+        `BatchFailed` (nothing committed, `failed` 0) if it cannot start.
         """
-        assert self._committer is not None and self._job is None
-        if self._broken is not None:
-            raise OSError(errno.EIO, f"an earlier commit failed: {self._broken}")
-        done, self._completed = self._completed, []
-        positions = [pos for p in done for pos in p.positions]
-        st = self.state
-        committed = st.committed + len(positions)
-        prefix = self._prefix_after(positions)
-        links: list[tuple[bytes, int]] = []
-        if prefix > st.prefix:
-            links = self._ifds(max(st.prefix - 1, 0), prefix, linked_until=prefix)
-            if st.prefix == 0:
-                links.append((self._header_pointer(prefix), 0))
-        block = self._block("writing", committed=committed, prefix=prefix)
-        description = None
-        if prefix != st.declared:
-            description = (self._description_page(prefix), prefix)
-        future = self._committer.submit(self._commit_io, links, block, description)
+        assert self._job is None
+        try:
+            if self._broken is not None:
+                raise OSError(errno.EIO, f"an earlier commit failed: {self._broken}")
+            assert self._committer is not None
+            done = self._completed
+            positions = [pos for p in done for pos in p.positions]
+            st = self.state
+            committed = st.committed + len(positions)
+            prefix = self._prefix_after(positions)
+            links: list[tuple[bytes, int]] = []
+            if prefix > st.prefix:
+                links = self._ifds(max(st.prefix - 1, 0), prefix, linked_until=prefix)
+                if st.prefix == 0:
+                    links.append((self._header_pointer(prefix), 0))
+            description = None
+            if prefix != st.declared:
+                description = (self._description_page(prefix), prefix)
+            block = self._block("writing", committed=committed, prefix=prefix)
+            future = self._committer.submit(self._commit_io, links, block, description)
+        except Exception as exc:
+            raise BatchFailed([], 0, 0, as_oserror(exc)) from exc
+        self._completed = []
         self._job = _CommitJob(done, positions, committed, prefix, future)
         if self._on_io is not None:
             future.add_done_callback(self._on_io)
@@ -763,6 +775,8 @@ class TiffSink(Sink):
         t0 = time.perf_counter()
         try:
             f.sync()  # 1. pixels and IFDs of the group durable
+            if f.lost_writes is not None:  # a flush took the error instead
+                raise OSError(errno.EIO, f"cached writes were lost: {f.lost_writes}")
             self._put_all(links)  # 2. extend the chain over the group
             f.pwrite_meta(block.encode(), block.slot)  # 3. committed = n
             f.sync()  # the links and the block durable
@@ -1178,6 +1192,13 @@ def finalise_tiff(
                     for k in range(fc, n)
                 ]
                 f.pwrite_meta(bytes(codec.run(pix, nxt)), new_tail)
+        if n > 1 and not (tail_n and new_tail != tail):
+            # The chain ends at n - 1, whatever a commit that failed (or a
+            # cut) linked past it: its pixels were never declared.
+            last = codec.build(
+                pixel_offset=geo.pixel_offset(n - 1), next_ifd=0, description=None
+            )
+            f.pwrite_meta(last.ljust(512, b"\x00"), geo.ifd_offset(n - 1, tail))
         f.pwrite_meta(text, desc_at)
         end = desc_at + len(text)
         f.sync()
