@@ -69,10 +69,12 @@ BATCH_BYTES = 64 * 1024 * 1024
 # A worker with open streams wakes itself this often to look at the rings, so
 # that producers need not wake it for every frame (see Stream.write).
 NAP_SECONDS = 0.01
-# Frames stopped arriving this long ago: what was written is committed now,
-# not at the next COMMIT_SECONDS (the end of a burst, or of a run before
-# its close, is durable and its slots are free sooner).
+# Frames stopped arriving (none for this long, and for three of the recent
+# gaps between frames): what was written is committed now, not at the next
+# COMMIT_SECONDS, so the end of a burst, or of a run before its close, is
+# durable and its slots free sooner. A steady camera never looks idle.
 IDLE_SECONDS = 2 * NAP_SECONDS
+IDLE_GAPS = 3
 ORPHANED = "orphaned writer"  # a report's written_by when the parent died
 
 
@@ -141,6 +143,7 @@ class StreamRunner:
         self._waiting_since: float | None = None
         self._seen = self.next  # the write cursor last seen, and when it moved
         self._last_arrival = time.monotonic()
+        self._frame_gap = 0.0  # seconds between frames, smoothed
 
     def _open_new(self) -> None:
         """Create file and journal; on failure leave no half-made file that
@@ -265,12 +268,18 @@ class StreamRunner:
         return bool(positions)
 
     def _idle(self) -> bool:
-        """No frame arrived for IDLE_SECONDS and every frame was submitted."""
+        """Frames stopped arriving (see IDLE_SECONDS) and all were submitted."""
         published, now = self.published(), time.monotonic()
         if published != self._seen:
+            gap = (now - self._last_arrival) / (published - self._seen)
+            self._frame_gap = (self._frame_gap + gap) / 2
             self._seen, self._last_arrival = published, now
             return False
-        return published == self.next and now - self._last_arrival >= IDLE_SECONDS
+        return published == self.next and now >= self._idle_from()
+
+    def _idle_from(self) -> float:
+        """When the stream counts as idle if no frame arrives before."""
+        return self._last_arrival + max(IDLE_SECONDS, IDLE_GAPS * self._frame_gap)
 
     def _after_failure(self, failed: BatchFailed, resume_at: int) -> None:
         """Journal what the sink committed before the failure; then either
@@ -382,8 +391,7 @@ class StreamRunner:
         commit = self.sink.next_commit_in()
         if commit is not None and self.published() == self.next:
             # or sooner, once frames stop arriving (see `_idle`)
-            idle = self._last_arrival + IDLE_SECONDS - time.monotonic()
-            commit = min(commit, max(0.0, idle))
+            commit = min(commit, max(0.0, self._idle_from() - time.monotonic()))
         if self._waiting_since is None:
             return commit
         nap = max(0.0, self._waiting_since + NAP_SECONDS - time.monotonic())

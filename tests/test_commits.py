@@ -215,7 +215,7 @@ def test_a_flush_that_lost_cached_writes_fails_the_commit(tmp_path: Path) -> Non
     sink.abort()
 
 
-def test_a_commit_that_cannot_start_keeps_its_writes_and_what_came_before(
+def test_a_commit_that_cannot_start_stops_commits_and_keeps_what_came_before(
     tmp_path: Path,
 ) -> None:
     sink = _sink(tmp_path)
@@ -233,10 +233,83 @@ def test_a_commit_that_cannot_start_keeps_its_writes_and_what_came_before(
     with pytest.raises(BatchFailed) as info:
         sink.drain()
     # The first commit's frames are on the exception (the worker journals
-    # them); the second batch is still there, uncommitted.
+    # them); the second batch is given up, and close finalises the first.
     assert info.value.committed == [0, 1] and info.value.failed == 0
-    assert sink.committed == 2 and sink.in_flight()
-    del sink._description_page
-    assert sink.drain() == [2, 3]
-    sink.close("completed", iter([(i, b"{}") for i in range(4)]))
-    np.testing.assert_array_equal(tifffile.imread(sink.spec.path), frames)
+    assert sink.committed == 2 and not sink.in_flight()
+    with pytest.raises(OSError, match="earlier commit failed"):
+        sink.submit(_batch(frames, 2, 2))
+    sink.close("error", iter([(i, b"{}") for i in range(2)]))
+    np.testing.assert_array_equal(tifffile.imread(sink.spec.path), frames[:2])
+
+
+def test_idle_makes_written_frames_due_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mesowriter.sinks._tiff.COMMIT_SECONDS", 3600.0)
+    sink = _sink(tmp_path)
+    sink.commit_bytes = 1 << 40  # never due by size
+    sink.submit(_batch(_aligned_frames(2), 0, 2))
+    _wait_for_writes(sink)
+    assert sink.collect() == [] and sink._job is None  # not due by the pace
+    assert sink.collect(idle=True) == [] and sink._job is not None
+    assert sink.drain() == [0, 1]
+    sink.close("completed", iter([(0, b"{}"), (1, b"{}")]))
+
+
+class _Recording:
+    """An AlignedFile that logs its metadata writes and syncs."""
+
+    def __init__(self, inner: object, log: list[tuple[str, int]]) -> None:
+        self._inner, self._log = inner, log
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def pwrite_meta(self, data: bytes, offset: int) -> None:
+        self._log.append(("write", offset))
+        self._inner.pwrite_meta(data, offset)  # type: ignore[attr-defined]
+
+    def sync(self) -> None:
+        self._log.append(("sync", 0))
+        self._inner.sync()  # type: ignore[attr-defined]
+
+
+def test_after_a_failed_commit_the_chain_is_cut_before_anything_overwrites_it(
+    tmp_path: Path,
+) -> None:
+    # The second sync of a commit failed: the links over its frames are in
+    # the file. Finalising first ends the chain at the last committed frame
+    # and syncs that, before the description or new IFDs may land on the
+    # IFDs past it (a cut in between would leave a chain into garbage).
+    sink = _sink(tmp_path)
+    f = sink.file
+    assert f is not None
+    frames = _aligned_frames(4)
+    sink.submit(_batch(frames, 0, 2))
+    assert sink.drain() == [0, 1]
+    syncs = 0
+    real_sync = f.sync
+
+    def second_fails() -> None:
+        nonlocal syncs
+        syncs += 1
+        if syncs == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync()
+
+    f.sync = second_fails  # type: ignore[method-assign]
+    sink.submit(_batch(frames, 2, 2))
+    with pytest.raises(BatchFailed):
+        sink.drain()
+    del f.sync
+    log: list[tuple[str, int]] = []
+    sink.file = _Recording(f, log)  # type: ignore[assignment]
+    sink.close("error", iter([(0, b"{}"), (1, b"{}")]))
+    cut = sink.geo.ifd_offset(1, sink.tail)
+    first_sync = log.index(("sync", 0))
+    assert ("write", cut) in log[:first_sync]
+    assert all(op == "write" for op, _ in log[:first_sync])
+    assert len(log[:first_sync]) == 2  # the "finalising" block, then the cut
+    with tifffile.TiffFile(sink.spec.path) as tf:
+        assert len(tf.pages) == 2
+    np.testing.assert_array_equal(tifffile.imread(sink.spec.path), frames[:2])

@@ -5,6 +5,7 @@ without waiting for the commit pace."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ def test_frames_that_stopped_arriving_are_committed_at_once(
     try:
         runner.flush = True  # submit what waits, however few
         monkeypatch.setattr(_worker, "IDLE_SECONDS", 0.0)
+        monkeypatch.setattr(_worker, "IDLE_GAPS", 0)
         _publish(ring, 3)
         runner.pump()  # new frames: submitted, not idle yet
         assert runner.next == 3 and ring.read_cursor == 0
@@ -140,9 +142,59 @@ def test_frames_still_arriving_wait_for_the_commit_pace(
         hint = runner.wait_hint()
         assert hint is not None and hint > 1000  # asleep until the pace says
         monkeypatch.setattr(_worker, "IDLE_SECONDS", 0.0)
+        monkeypatch.setattr(_worker, "IDLE_GAPS", 0)
         assert runner.wait_hint() == 0.0  # frames stopped: wake now
         runner.pump()
         assert ring.read_cursor == 6
+    finally:
+        runner.release()
+        ring.close()
+        block.destroy()
+
+
+def test_the_worker_asks_for_the_doorbell_once_a_wake_ups_worth_waits(
+    tmp_path: Path,
+) -> None:
+    runner, ring, block = _runner(tmp_path)
+    try:
+        wake = ring.wake_frames
+        assert runner.doorbell_at() == wake  # nothing taken yet
+        _publish(ring, 2)
+        runner.flush = True
+        runner.pump()
+        runner.flush = False
+        assert runner.next == 2
+        assert runner.doorbell_at() == 2 + wake  # written ones do not count
+        _publish(ring, wake)  # a wake-up's worth waits: no doorbell wanted
+        assert runner.doorbell_at() == 0
+    finally:
+        runner.release()
+        ring.close()
+        block.destroy()
+
+
+def test_a_steady_slow_camera_is_not_taken_for_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 30 fps: 33 ms between frames, more than IDLE_SECONDS. Committing each
+    # frame as "idle" would triple the syncs; frames wait for the pace, and
+    # only once they stop are they committed at once.
+    now = [time.monotonic()]
+    monkeypatch.setattr(_worker.time, "monotonic", lambda: now[0])
+    runner, ring, block = _runner(tmp_path)
+    monkeypatch.setattr("mesowriter.sinks._base.COMMIT_SECONDS", 3600.0)
+    try:
+        runner.flush = True
+        for _ in range(30):
+            _publish(ring, 1)
+            for _ in range(3):  # the worker's naps between two frames
+                runner.pump()
+                now[0] += 0.011
+        committed_while_running = ring.read_cursor
+        assert committed_while_running <= 2  # the first frames, before a gap is known
+        now[0] += 0.2  # the camera stopped
+        runner.pump()
+        assert ring.read_cursor == 30
     finally:
         runner.release()
         ring.close()

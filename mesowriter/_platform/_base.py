@@ -366,6 +366,7 @@ class AlignedFileBase(ABC):
         self._unsynced = 0
         self._closed = False
         self._fallback_lock = threading.Lock()
+        self.flush_lock = threading.Lock()  # a flush and its error, or a sync
         self._open(mode, direct)
 
     # -- what each platform provides ---------------------------------------------------
@@ -470,13 +471,15 @@ class AlignedFileBase(ABC):
         self._unsynced += nbytes
         if self._unsynced >= self.sync_every:
             self._unsynced = 0
-            try:
-                self._flush_dirty()
-            except OSError as exc:
-                # Written pages may be lost, and Linux reports that once: a
-                # later sync would succeed over them. Kept for the commit.
-                self.lost_writes = exc
-                raise
+            # Written pages may be lost, and Linux reports that to one call:
+            # a sync after the flush would succeed over them. A commit syncs
+            # under the same lock and then looks at `lost_writes`.
+            with self.flush_lock:
+                try:
+                    self._flush_dirty()
+                except OSError as exc:
+                    self.lost_writes = exc
+                    raise
 
     def _reserve_failed(self, exc: OSError, length: int) -> None:
         """Decide what a failed reservation means: ENOSPC, nothing, or raise."""

@@ -704,13 +704,15 @@ class TiffSink(Sink):
             out += self._then(out, self.collect, force=True)
         return out
 
-    def _give_up_after(self, job: _CommitJob, exc: Exception) -> None:
-        """A commit failed: its writes and every later one are never
-        committed (their frames are reported not written); what earlier
-        commits made durable stays. A failed sync is not retried: Linux
-        reports lost pages once, and a later sync would return success."""
+    def _give_up(self, exc: Exception, job: _CommitJob | None = None) -> None:
+        """A commit failed (or could not start): its writes and every later
+        one are never committed (their frames are reported not written);
+        what earlier commits made durable stays, and close finalises it. A
+        failed sync is not retried: Linux reports lost pages once, and a
+        later sync would return success."""
         self._broken = exc
-        for p in [*job.done, *self._completed, *self._pending]:
+        done = job.done if job is not None else []
+        for p in [*done, *self._completed, *self._pending]:
             _first_error(p.futures)  # wait: no write may land after this
             self._give_back_stage(p)
             self._inflight.difference_update(p.positions)
@@ -757,6 +759,8 @@ class TiffSink(Sink):
             block = self._block("writing", committed=committed, prefix=prefix)
             future = self._committer.submit(self._commit_io, links, block, description)
         except Exception as exc:
+            if self._broken is None:
+                self._give_up(exc)
             raise BatchFailed([], 0, 0, as_oserror(exc)) from exc
         self._completed = []
         self._job = _CommitJob(done, positions, committed, prefix, future)
@@ -774,9 +778,12 @@ class TiffSink(Sink):
         assert f is not None
         t0 = time.perf_counter()
         try:
-            f.sync()  # 1. pixels and IFDs of the group durable
-            if f.lost_writes is not None:  # a flush took the error instead
-                raise OSError(errno.EIO, f"cached writes were lost: {f.lost_writes}")
+            with f.flush_lock:  # a flush may have taken the error instead
+                f.sync()  # 1. pixels and IFDs of the group durable
+                if f.lost_writes is not None:
+                    raise OSError(
+                        errno.EIO, f"cached writes were lost: {f.lost_writes}"
+                    )
             self._put_all(links)  # 2. extend the chain over the group
             f.pwrite_meta(block.encode(), block.slot)  # 3. committed = n
             f.sync()  # the links and the block durable
@@ -797,7 +804,7 @@ class TiffSink(Sink):
         try:
             job.future.result()
         except Exception as exc:
-            self._give_up_after(job, exc)
+            self._give_up(exc, job)
             raise BatchFailed([], 0, 0, as_oserror(exc)) from exc
         st = self.state
         for pos in job.positions:
@@ -944,6 +951,7 @@ class TiffSink(Sink):
             description=self._final_text(records, holes=holes),
             classic=self._classic_ok(n),
             block=lambda state: self._block(state),
+            end_chain=self._broken is not None,
         )
         self._shutdown()
         summary.update(result)
@@ -1080,6 +1088,20 @@ def _first_error(fs: list[Future[Any]]) -> OSError | None:
     return error
 
 
+def _end_chain(f: AlignedFile, geo: Geometry, tail: int, n: int) -> None:
+    """Cut the provisional chain after frame n - 1 (IFD 0 keeps its
+    provisional description), durable before anything overwrites the IFDs
+    past it."""
+    codec = IfdCodec(geo.shape, geo.dtype, bigtiff=True)
+    last = codec.build(
+        pixel_offset=geo.pixel_offset(n - 1),
+        next_ifd=0,
+        description=PROVISIONAL if n == 1 else None,
+    )
+    f.pwrite_meta(last.ljust(codec.stride, b"\x00"), geo.ifd_offset(n - 1, tail))
+    f.sync()
+
+
 def as_oserror(exc: BaseException) -> OSError:
     if isinstance(exc, OSError):
         return exc
@@ -1130,6 +1152,7 @@ def finalise_tiff(
     description: str,
     classic: bool,
     block: Any,
+    end_chain: bool = False,
 ) -> dict[str, Any]:
     """Give a file holding `frames` committed, linked frames its final form.
 
@@ -1138,9 +1161,13 @@ def finalise_tiff(
     switched to them (single-sector writes: IFD 0, or the TIFF header); the
     block says "final"; the file is cut after the description; one sync.
     At every instant the file reads as either its provisional or its final
-    self. `block(state)` makes the next HeaderBlock.
+    self. `block(state)` makes the next HeaderBlock. `end_chain`: the chain
+    may run past `frames` (a commit failed after linking): it is cut at
+    frame n - 1, and that made durable, before anything is written past it.
     """
     n = frames
+    if end_chain:
+        _end_chain(f, geo, tail, n)
     data_end = geo.data_end(n)
     text = description.encode("ascii", "xmlcharrefreplace") + b"\x00"
     fc = geo.front_capacity
@@ -1192,13 +1219,6 @@ def finalise_tiff(
                     for k in range(fc, n)
                 ]
                 f.pwrite_meta(bytes(codec.run(pix, nxt)), new_tail)
-        if n > 1 and not (tail_n and new_tail != tail):
-            # The chain ends at n - 1, whatever a commit that failed (or a
-            # cut) linked past it: its pixels were never declared.
-            last = codec.build(
-                pixel_offset=geo.pixel_offset(n - 1), next_ifd=0, description=None
-            )
-            f.pwrite_meta(last.ljust(512, b"\x00"), geo.ifd_offset(n - 1, tail))
         f.pwrite_meta(text, desc_at)
         end = desc_at + len(text)
         f.sync()
