@@ -56,6 +56,7 @@ from mesowriter._ring import (
 from mesowriter._spec import DEFAULT_WRITE_DEPTH, SidecarSpec, StreamSpec, VideoOptions
 from mesowriter._stream import Stream, check_policy
 from mesowriter._workers import WorkerHandle, Workers
+from mesowriter.sinks import preload as preload_sinks
 from mesowriter.sinks import sink_class, sink_for_path
 
 DEFAULT_RING_BYTES = 1 << 30
@@ -156,6 +157,7 @@ class WriterService:
                 for _ in range(self._initial_workers):
                     self._workers.start()
             self._pool.warm_in_background()
+            preload_sinks()  # while the workers start, not in the first open
 
     def prewarm(self) -> None:
         """Make sure workers run and the pool is (being) warmed, without

@@ -840,4 +840,15 @@ def worker_main(inbound: Any, outbound: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _warm_imports()
     Worker(inbound, outbound).run()
+
+
+def _warm_imports() -> None:
+    """Import what a TIFF stream's open needs now, while the worker waits
+    for its first stream: otherwise the user's first `open_stream` pays it
+    (about 50 ms here). Video pulls in OpenCV only when a video stream
+    comes."""
+    from mesowriter.sinks import _imagej, _omexml, _tiff
+
+    del _imagej, _omexml, _tiff

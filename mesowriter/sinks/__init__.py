@@ -38,6 +38,13 @@ def sink_class(kind: str) -> type[Sink]:
     return cls
 
 
+def preload() -> None:
+    """Import every sink now, off the acquisition's path: the first
+    `sink_for_path` would otherwise, inside the user's first open."""
+    for kind in _SINKS:
+        sink_class(kind)
+
+
 def sink_for_path(path: str) -> type[Sink]:
     """The sink whose suffixes the file name ends in, or a clear ValueError."""
     classes = [sink_class(kind) for kind in _SINKS]
