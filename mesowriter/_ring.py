@@ -33,6 +33,7 @@ resource tracker claim it.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import platform
@@ -122,6 +123,13 @@ class RingLayout(msgspec.Struct, frozen=True):
                 f"ring_bytes={ring_bytes} holds fewer than 2 frames of "
                 f"{frame_nbytes} bytes; give at least {2 * per_slot + 2 * PAGE}"
             )
+        # Frames off the page grid are written in batches of whole pages
+        # (`page_unit` frames). In a ring of whole units every such batch
+        # starts on a page in memory too, so it goes to the disk straight
+        # from the ring, with no copy (see TiffSink._write_pixels).
+        unit = page_unit(frame_nbytes)
+        if unit > 1 and n_slots >= 4 * unit:
+            n_slots -= n_slots % unit
         return RingLayout(
             block="",
             offset=0,
@@ -131,6 +139,11 @@ class RingLayout(msgspec.Struct, frozen=True):
             shape=tuple(int(s) for s in shape),
             dtype=dtype.str,
         )
+
+
+def page_unit(nbytes: int, page: int = PAGE) -> int:
+    """How many frames of `nbytes` end on a `page` boundary together."""
+    return page // math.gcd(nbytes, page)
 
 
 # -- shared-memory blocks -------------------------------------------------------------

@@ -365,6 +365,9 @@ class StreamRunner:
         count = ring.run_length(first, published, max_bytes, wrap=unit > 1)
         if unit == 1 or not reachable:
             return count
+        to_end = ring.n_slots - first % ring.n_slots
+        if count > to_end and to_end % unit == 0:
+            count = to_end  # whole units that do not wrap go without a copy
         trimmed = count - (first + count) % unit
         if trimmed > 0:
             return trimmed

@@ -438,3 +438,21 @@ def test_read_while_writing_a_reordered_imagej_file(tmp_path: Path) -> None:
     assert (9, 7) in seen and (3, 1) in seen
     full = sorted(range(len(events)), key=lambda i: position(events[i].index))
     check_mappable(path, [index_frame(i, shape) for i in full])
+
+
+def test_frames_off_the_page_grid_go_straight_from_the_ring(tmp_path: Path) -> None:
+    # 20 000-byte frames end on a page every 128 frames. A ring of whole
+    # such units (planned so when it holds at least four) puts every unit's
+    # first frame on a page in memory as in the file: those batches are
+    # written from the ring itself, not copied (staged) first.
+    from mesowriter._ring import page_unit
+
+    shape = (100, 100)
+    path = tmp_path / "unstaged.ome.tif"
+    report, slots = write_run(path, 3000, shape=shape, ring_bytes=32 << 20)
+    assert page_unit(20_000) == 128 and slots % 128 == 0 and slots * 3 <= 3000
+    assert report.sink["direct_io"] is True
+    # 23 batches of 128: the last part-unit, and one after a producer that
+    # paused 10 ms on a loaded machine, are staged; not the rest
+    assert report.sink["staged_batches"] <= 3000 // 128 // 2, report.sink
+    check_mappable(path, frames(range(3000), shape, "uint16"))

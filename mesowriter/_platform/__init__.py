@@ -17,6 +17,7 @@ from mesowriter._platform._base import (
     O_NOFOLLOW,
     FileLockedError,
     Mode,
+    is_aligned,
 )
 
 if sys.platform == "win32":
@@ -60,6 +61,7 @@ __all__ = [
     "check_file_name",
     "fsync_dir",
     "install_shutdown_handler",
+    "is_aligned",
     "open_exclusive",
     "os_path",
     "probe_lock",

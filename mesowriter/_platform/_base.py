@@ -165,6 +165,13 @@ def buffer_address(view: memoryview) -> int:
     return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
 
 
+def is_aligned(view: memoryview, offset: int, alignment: int) -> bool:
+    """Whether offset, length and address are multiples of `alignment`."""
+    return not (
+        offset % alignment or len(view) % alignment or buffer_address(view) % alignment
+    )
+
+
 def check_aligned(view: memoryview, offset: int, alignment: int) -> None:
     """Raise ValueError unless offset, length and address are multiples."""
     if offset % alignment or len(view) % alignment:

@@ -47,7 +47,6 @@ longest run of written positions from 0.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import socket
 import time
@@ -68,8 +67,10 @@ from mesowriter._platform import (
     AlignedFile,
     Mode,
     fsync_dir,
+    is_aligned,
     os_path,
 )
+from mesowriter._ring import page_aligned_buffer, page_unit
 from mesowriter._spec import StreamSpec
 from mesowriter.sinks._base import (
     COMMIT_BYTES,
@@ -339,10 +340,9 @@ class TiffSink(Sink):
         can be in flight; they are copied into an aligned buffer anyway, so
         they may wrap around the ring. 1 otherwise."""
         f = self.file
-        fb = self.geo.frame_nbytes
-        if self.reordered or f is None or not f.direct or fb % f.alignment == 0:
+        if self.reordered or f is None or not f.direct:
             return 1
-        return f.alignment // math.gcd(fb, f.alignment)
+        return page_unit(self.geo.frame_nbytes, f.alignment)
 
     def submit(self, batch: FrameBatch) -> list[int]:
         """Start writing a batch; returns positions committed meanwhile (a
@@ -534,15 +534,14 @@ class TiffSink(Sink):
             range(positions[0], positions[0] + len(positions))
         )
         pool = self._pool
-        if (
-            contiguous
-            and batch.span is not None
-            and batch.slot_stride == fb
-            and (not f.direct or fb % f.alignment == 0)
-        ):
-            # The slots are the file's bytes: one write straight from the ring.
+        if contiguous and batch.span is not None and batch.slot_stride == fb:
+            # The slots are the file's bytes: one write straight from the
+            # ring, where direct I/O allows (frames of any size, once the
+            # batch starts and ends on a page in the file and in memory).
             span = batch.span[: len(positions) * fb]
-            return [pool.submit(f.pwrite, span, geo.pixel_offset(positions[0]))], None
+            offset = geo.pixel_offset(positions[0])
+            if not f.direct or is_aligned(span, offset, f.alignment):
+                return [pool.submit(f.pwrite, span, offset)], None
         if contiguous and f.direct:
             return self._write_staged(batch, positions[0])
         return [
@@ -559,7 +558,6 @@ class TiffSink(Sink):
         acquisition's), with the previous batch's partial page in front."""
         f = self.file
         assert f is not None and self._pool is not None
-        from mesowriter._ring import page_aligned_buffer
 
         geo = self.geo
         align = f.alignment
