@@ -22,6 +22,8 @@ normal use never reaches this code. Faults are written as
     fail-sync:K              the K-th sync of the data file (the open's is the
                              first, each commit makes two) raises EIO, as a
                              disk that lost written pages reports it
+    slow-sync:K:SECONDS      the K-th sync of the data file takes this long
+                             first (a disk busy with other programs' data)
     powercut:N               before the batch that would pass N submitted
                              frames (so never more than N), every byte written
                              to the data file and the journal since their
@@ -58,6 +60,7 @@ class Faults:
     die_after_finalise: bool = False
     powercut: int | None = None
     fail_sync: int | None = None
+    slow_sync: tuple[int, float] | None = None
 
     @classmethod
     def parse(cls, text: str | None, *, resumed: bool = False) -> Faults:
@@ -85,6 +88,8 @@ class Faults:
                 faults.powercut = int(args[0])
             elif kind == "fail-sync":
                 faults.fail_sync = int(args[0])
+            elif kind == "slow-sync":
+                faults.slow_sync = (int(args[0]), float(args[1]))
             else:
                 raise ValueError(f"unknown fault {kind!r}")
         return faults
@@ -254,13 +259,14 @@ class PowerCutJournal:
             UnsyncedLog.synced_locked(self._inner.path)
 
 
-class FailingSyncFile:
-    """An AlignedFile whose `nth` sync raises EIO (tests): what Linux
-    reports once writeback of some written pages failed."""
+class SyncFaultFile:
+    """An AlignedFile whose `nth` sync raises EIO (what Linux reports once
+    writeback of some written pages failed) or first sleeps `delay` (tests)."""
 
-    def __init__(self, inner: Any, nth: int) -> None:
+    def __init__(self, inner: Any, nth: int, *, delay: float = 0.0) -> None:
         self._inner = inner
         self._nth = nth
+        self._delay = delay
         self._syncs = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -269,5 +275,7 @@ class FailingSyncFile:
     def sync(self) -> None:
         self._syncs += 1
         if self._syncs == self._nth:
-            raise OSError(errno.EIO, os.strerror(errno.EIO), self._inner.path)
+            if not self._delay:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), self._inner.path)
+            time.sleep(self._delay)
         self._inner.sync()

@@ -70,7 +70,8 @@ class Journal:
 
     @classmethod
     def create(cls, spec: StreamSpec) -> Journal:
-        """A new journal holding `spec`, durable (name included) on return."""
+        """A new journal holding `spec`, complete under its name on return
+        (written aside, then renamed); durable once `settle` returns."""
         path = journal_path(spec.path)
         tmp = temp_sibling(path)
         fd = open_exclusive(tmp)
@@ -78,14 +79,17 @@ class Journal:
             _write_all(
                 fd, _encoder.encode(JournalHeader(JOURNAL_VERSION, spec)) + b"\n"
             )
-            os.fsync(fd)
             replace(tmp, path)
         except BaseException:
             os.close(fd)
             unlink(tmp)
             raise
-        fsync_dir(os.path.dirname(os.path.abspath(path)))
         return cls(path, fd, 0)
+
+    def settle(self) -> None:
+        """The header and the name durable (before any frame is written)."""
+        os.fsync(self._fd)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     @classmethod
     def reopen(cls, path: str, keep: int) -> Journal:
@@ -141,6 +145,9 @@ class MemoryJournal:
 
     def sync(self) -> None:
         """Nothing is kept, so nothing to make durable."""
+
+    def settle(self) -> None:
+        """Nothing to make durable."""
 
     def close(self) -> None:
         """Nothing to close."""

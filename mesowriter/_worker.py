@@ -154,6 +154,7 @@ class StreamRunner:
             self.sink.open(None)
             opened = True
             self.journal = Journal.create(self.spec)
+            self._unsettled = True
         except BaseException:
             with suppress(Exception):
                 self.sink.abort()
@@ -161,6 +162,17 @@ class StreamRunner:
                 with suppress(OSError):
                     os.unlink(self.spec.path)
             raise
+
+    def settle(self) -> None:
+        """Make a new file and its journal durable, names included: before
+        the first frame is written, after the open was answered."""
+        if self._unsettled:
+            self._unsettled = False
+            assert self.journal is not None
+            self.journal.settle()
+            self.sink.settle()
+
+    _unsettled = False
 
     def _resume(self) -> None:
         """Take over a stream whose worker died: never truncate, never
@@ -743,6 +755,12 @@ class Worker:
         runner.flush = sid in self.closing
         self.streams[sid] = runner
         self.send(m.StreamOpened(sid, resumed_from=runner.resumed_from))
+        try:  # the syncs of a new file, once the user's open has its answer
+            runner.settle()
+        except Exception as exc:
+            runner.fail(exc)
+            assert runner.error is not None
+            self.send(m.StreamFailed(sid, runner.error))
 
     def _answer_want(self, sid: int) -> None:
         seq = self.wants.get(sid)

@@ -313,3 +313,42 @@ def test_after_a_failed_commit_the_chain_is_cut_before_anything_overwrites_it(
     with tifffile.TiffFile(sink.spec.path) as tf:
         assert len(tf.pages) == 2
     np.testing.assert_array_equal(tifffile.imread(sink.spec.path), frames[:2])
+
+
+def test_open_is_answered_before_the_new_files_syncs(tmp_path: Path) -> None:
+    # On a disk busy with other programs' data a sync can take long; the
+    # user's open must not wait for it (the frames wait in the ring).
+    path = tmp_path / "slow.ome.tiff"
+    with WriterService(ring_bytes=4 << 20) as svc:
+        svc.prewarm()
+        t0 = time.monotonic()
+        stream = svc.open_stream(
+            path, shape=SHAPE, dtype="uint16", _fault="slow-sync:1:5"
+        )
+        assert time.monotonic() - t0 < 2.5  # not the 5 s of the sync
+        for i in range(6):
+            assert stream.write(index_frame(i, SHAPE), {"i": i})
+        report = stream.close()
+    assert report.frames_written == 6 and report.frames_dropped == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(path), np.stack([index_frame(i, SHAPE) for i in range(6)])
+    )
+
+
+def test_a_new_file_whose_first_sync_fails_reaches_the_user(tmp_path: Path) -> None:
+    path = tmp_path / "eio-at-open.ome.tiff"
+    with WriterService(ring_bytes=4 << 20) as svc:
+        stream = svc.open_stream(
+            path, shape=SHAPE, dtype="uint16", _fault="fail-sync:1"
+        )
+        with pytest.raises(WriterError, match="Input/output error"):
+            for i in range(200):
+                stream.write(index_frame(i, SHAPE), {"i": i})
+                time.sleep(0.005)
+        with pytest.raises(WriterError) as closing:
+            stream.close()
+        report = closing.value.report  # type: ignore[attr-defined]
+    assert report.finish_reason == "error" and "Input/output error" in report.error
+    assert report.frames_written == 0
+    assert report.frames_received == report.frames_dropped
+    assert not path.exists()  # no frames: no data file is kept

@@ -147,6 +147,12 @@ class Sink(abc.ABC):
     def open(self, resume: ResumeState | None = None) -> None:
         """Create the output, or reopen it holding `resume.committed` frames."""
 
+    def settle(self) -> None:  # noqa: B027 - optional hook
+        """Make what a new output's `open` wrote durable. Called once the
+        open was answered and before any frame is written, so that the
+        user's open never waits on a sync (which queues behind other
+        programs' dirty data on a busy disk)."""
+
     commit_bytes: int = COMMIT_BYTES  # the worker lowers it for small rings
 
     def ready(self) -> bool:

@@ -278,9 +278,13 @@ class TiffSink(Sink):
         block = self._block("writing")
         page0[block.slot : block.slot + 512] = block.encode()
         f.pwrite_meta(bytes(page0), 0)
-        self._write_description(0)
-        f.sync()
-        fsync_dir(os.path.dirname(os.path.abspath(spec.path)))
+        self._write_description(0)  # durable in `settle`
+
+    def settle(self) -> None:
+        """The header, block and description durable, and the file's name."""
+        assert self.file is not None
+        self.file.sync()
+        fsync_dir(os.path.dirname(os.path.abspath(self.spec.path)))
 
     def _direct(self) -> bool:
         """Direct I/O, except for scattered frames (a reordered ImageJ file)
@@ -1113,14 +1117,16 @@ def _with_faults(f: AlignedFile, spec: StreamSpec) -> AlignedFile:
     or whose syncs fail."""
     if not spec.fault:
         return f
-    from mesowriter._faults import FailingSyncFile, Faults, PowerCutFile
+    from mesowriter._faults import Faults, PowerCutFile, SyncFaultFile
 
     faults = Faults.parse(spec.fault)
     out: Any = f
     if faults.powercut is not None:
         out = PowerCutFile(out)
     if faults.fail_sync is not None:
-        out = FailingSyncFile(out, faults.fail_sync)
+        out = SyncFaultFile(out, faults.fail_sync)
+    if faults.slow_sync is not None:
+        out = SyncFaultFile(out, faults.slow_sync[0], delay=faults.slow_sync[1])
     return out  # type: ignore[no-any-return]
 
 
