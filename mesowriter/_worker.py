@@ -164,13 +164,14 @@ class StreamRunner:
             raise
 
     def settle(self) -> None:
-        """Make a new file and its journal durable, names included: before
-        the first frame is written, after the open was answered."""
+        """Make the file and then its journal durable, names included (a
+        durable journal always has its file): before the first frame is
+        written, after the open was answered."""
         if self._unsettled:
             self._unsettled = False
             assert self.journal is not None
-            self.journal.settle()
             self.sink.settle()
+            self.journal.settle()
 
     _unsettled = False
 
@@ -201,6 +202,9 @@ class StreamRunner:
                 f"keeps them: `mesowriter recover {self.spec.path}`"
             )
         self.resumed_from = committed
+        # The first worker may have died before its settle: this one makes
+        # file, journal and names durable before its first commit.
+        self._unsettled = True
 
     @property
     def failed(self) -> bool:

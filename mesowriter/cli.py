@@ -216,8 +216,24 @@ def _check_recover_input(path: str) -> None:
 
     read_tiff(path, strict=False)
     journal = journal_path(path)
-    if os.path.exists(journal):
+    if os.path.exists(journal) and not _never_durable(journal):
         read_journal_header(journal)
+
+
+def _never_durable(journal: str) -> bool:
+    """An empty journal, or one of zeros: a power cut before its first sync
+    (recover goes by the file's header block, its frames' metadata lost)."""
+    import os
+    import stat
+
+    st = os.stat(journal)  # follows a link: a regular file is all we read
+    if not stat.S_ISREG(st.st_mode):
+        return False  # read_journal_header refuses it with the reason
+    if st.st_size == 0:
+        return True
+    with open(journal, "rb") as fh:
+        head = fh.read(4096)
+    return not head.strip(b"\x00")
 
 
 def _recover(args: argparse.Namespace) -> int:

@@ -352,3 +352,55 @@ def test_a_new_file_whose_first_sync_fails_reaches_the_user(tmp_path: Path) -> N
     assert report.frames_written == 0
     assert report.frames_received == report.frames_dropped
     assert not path.exists()  # no frames: no data file is kept
+
+
+def test_a_batch_padding_a_shared_page_holds_back_the_next_after_a_fallback(
+    tmp_path: Path,
+) -> None:
+    # A staged batch that ends inside a page writes that page padded with
+    # zeros; the next batch shares the page, so it waits. Direct I/O that
+    # the filesystem refuses at the write falls back to buffered writes:
+    # the padded write is retried and must still hold the next one back.
+    shape = (30, 50)  # 3000 bytes: three frames end inside a page
+    spec = StreamSpec(
+        stream_id=1,
+        path=str(tmp_path / "fallback.ome.tiff"),
+        kind="ome-tiff",
+        shape=shape,
+        dtype="<u2",
+    )
+    sink = TiffSink(spec)
+    sink.open()
+    f = sink.file
+    assert f is not None and f.direct
+    release = threading.Event()
+    real_buffered = f._write_buffered
+
+    def refused(view: memoryview, offset: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def held(view: memoryview, offset: int) -> int:
+        if len(view) >= PAGE:  # the padded pixels, not the IFDs
+            release.wait(30)
+        return real_buffered(view, offset)
+
+    f._write_direct = refused  # type: ignore[method-assign]
+    f._write_buffered = held  # type: ignore[method-assign]
+    buf = np.frombuffer(page_aligned_buffer(6 * 3000), "<u2")[: 6 * 1500]
+    frames = buf.reshape(6, *shape)
+    frames[:] = [index_frame(i, shape) for i in range(6)]
+    try:
+        sink.submit(_batch(frames, 0, 3))
+        deadline = time.monotonic() + 10
+        while f.direct:  # the refused direct write fell back
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert not sink.ready()  # the padded write is still in flight
+    finally:
+        release.set()
+    assert sink.drain() == [0, 1, 2]
+    assert sink.ready()
+    sink.submit(_batch(frames, 3, 3))
+    assert sink.drain() == [3, 4, 5]
+    sink.close("completed", iter([(i, b"{}") for i in range(6)]))
+    np.testing.assert_array_equal(tifffile.imread(spec.path), frames)

@@ -226,6 +226,86 @@ def test_power_cut_without_a_journal_recovers_the_durable_frames(
     assert len(report.metadata_missing) == result.frames_on_disk
 
 
+def test_cli_recover_takes_a_journal_that_never_reached_the_disk(
+    tmp_path: Path,
+) -> None:
+    # A journal is renamed into place at open and synced just after; a cut
+    # in between leaves it empty (ext4) or zeros. recover goes by the
+    # file's header block then, the frames' metadata marked lost.
+    path = _cut(tmp_path, 200)
+    journal = Path(f"{path}_journal.ndjson")
+    journal.write_bytes(b"")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mesowriter", "recover", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    kept = len(_frames(path, SHAPE_BIG))
+    assert 0 < kept <= 200
+    assert all(m == {"mesowriter_metadata_lost": True} for m in _sidecar(path))
+
+
+def test_a_replacement_makes_file_and_journal_durable_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first worker answered the open and died before its syncs: the
+    # replacement syncs the file, its name, then the journal (a durable
+    # journal always has its file) before its first frame.
+    import msgspec
+
+    from mesowriter import _worker
+    from mesowriter._ring import PAGE, FrameRing, RingLayout, SharedBlock
+    from mesowriter._spec import StreamSpec
+
+    path = tmp_path / "settle.ome.tiff"
+    layout = RingLayout.plan(ring_bytes=1 << 20, shape=(16, 16), dtype=np.dtype("<u2"))
+    block = SharedBlock.create(layout.region_bytes + PAGE)
+    placed = msgspec.structs.replace(layout, block=block.name, offset=PAGE)
+    ring = FrameRing.create(placed, block)
+    spec = StreamSpec(
+        stream_id=1, path=str(path), kind="ome-tiff", shape=(16, 16), dtype="<u2"
+    )
+    first = _worker.StreamRunner(spec, placed, block, False, lambda _f: None)
+    first.sink.abort()  # died before settle: its descriptors and lock go
+    assert first.journal is not None
+    first.journal.close()
+    first.release()
+    synced: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def name_of(fd: int) -> str:
+        return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+
+    def fsync(fd: int) -> None:
+        synced.append(name_of(fd))
+        real_fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        synced.append(name_of(fd))
+        real_fdatasync(fd)
+
+    try:
+        second = _worker.StreamRunner(spec, placed, block, True, lambda _f: None)
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr("mesowriter._platform._posix._datasync", fdatasync)
+        second.settle()
+        monkeypatch.undo()
+        names = list(synced)
+        data, journal, folder = path.name, f"{path.name}_journal.ndjson", tmp_path.name
+        assert data in names and journal in names and folder in names
+        assert names.index(data) < names.index(folder) < names.index(journal)
+        second.sink.abort()
+        assert second.journal is not None
+        second.journal.close()
+        second.release()
+    finally:
+        ring.close()
+        block.destroy()
+
+
 def _can_loop_mount() -> str | None:
     if os.geteuid() != 0:
         return "needs root to mount a loop device"

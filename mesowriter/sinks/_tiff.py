@@ -125,6 +125,7 @@ class _Pending:
     nbytes: int
     done_at: float = 0.0
     stage: Any = None  # the aligned buffer a staged batch was copied into
+    mid_page: bool = False  # staged, and its last page is partly padding
 
 
 @dataclass
@@ -333,9 +334,10 @@ class TiffSink(Sink):
 
     # -- frames ------------------------------------------------------------------------
     def ready(self) -> bool:
-        staged = self.file is not None and self.file.direct
-        if self._carry and self._pending and staged:
-            return False  # the next staged batch shares a page with this one
+        if self._pending and self._pending[-1].mid_page:
+            # The next batch shares a page with this one, whose write pads
+            # that page with zeros (a fall back to buffered writes too).
+            return False
         return len(self._pending) < self.depth
 
     def batch_unit(self) -> int:
@@ -377,7 +379,10 @@ class TiffSink(Sink):
         st = self.state
         st.top = max(st.top, max(positions) + 1)
         nbytes = len(positions) * self.geo.frame_nbytes
-        self._pending.append(_Pending(positions, futures, nbytes, stage=stage))
+        mid_page = stage is not None and bool(self._carry)
+        self._pending.append(
+            _Pending(positions, futures, nbytes, stage=stage, mid_page=mid_page)
+        )
         if self._on_io is not None:
             for fu in futures:
                 fu.add_done_callback(self._on_io)
