@@ -64,6 +64,9 @@ from mesowriter.sinks import (
     SlotFrame,
     sink_class,
 )
+from mesowriter.sinks import (
+    preload as preload_sinks,
+)
 
 BATCH_BYTES = 64 * 1024 * 1024
 # A worker with open streams wakes itself this often to look at the rings, so
@@ -762,9 +765,13 @@ class Worker:
         try:  # the syncs of a new file, once the user's open has its answer
             runner.settle()
         except Exception as exc:
-            runner.fail(exc)
-            assert runner.error is not None
-            self.send(m.StreamFailed(sid, runner.error))
+            self._failed(sid, runner, exc)
+
+    def _failed(self, sid: int, runner: StreamRunner, exc: BaseException) -> None:
+        """Stop a stream's writing and tell its producer, with the traceback."""
+        runner.fail(exc)
+        assert runner.error is not None
+        self.send(m.StreamFailed(sid, runner.error))
 
     def _answer_want(self, sid: int) -> None:
         seq = self.wants.get(sid)
@@ -785,9 +792,7 @@ class Worker:
             try:
                 progress |= runner.pump()
             except Exception as exc:
-                runner.fail(exc)
-                assert runner.error is not None
-                self.send(m.StreamFailed(sid, runner.error))
+                self._failed(sid, runner, exc)
                 progress = True
             self._answer_want(sid)
         for sid in [s for s in self.closing if self._close_ready(s)]:
@@ -865,15 +870,7 @@ def worker_main(inbound: Any, outbound: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _warm_imports()
+    # The sinks now, while the worker waits for its first stream, not inside
+    # the user's first open (about 50 ms here; OpenCV only comes with video).
+    preload_sinks()
     Worker(inbound, outbound).run()
-
-
-def _warm_imports() -> None:
-    """Import what a TIFF stream's open needs now, while the worker waits
-    for its first stream: otherwise the user's first `open_stream` pays it
-    (about 50 ms here). Video pulls in OpenCV only when a video stream
-    comes."""
-    from mesowriter.sinks import _imagej, _omexml, _tiff
-
-    del _imagej, _omexml, _tiff

@@ -81,6 +81,8 @@ from mesowriter.sinks._base import (
     Sink,
     SinkFinalised,
 )
+from mesowriter.sinks._imagej import final_description, flat_description
+from mesowriter.sinks._omexml import build_ome_xml, provisional_ome_xml
 from mesowriter.sinks._tiff_format import (
     CLASSIC_LIMIT,
     DESCRIPTION_CAPACITY,
@@ -322,7 +324,7 @@ class TiffSink(Sink):
         self._overflow = max(
             (p + 1 - images for p in positions if p >= images), default=0
         )
-        st.prefix = self._prefix_from(0)
+        st.prefix = self._prefix_after([])
         # Relink exactly the durable prefix: a frame past it is written again.
         if st.prefix:
             self._link(0, st.prefix)
@@ -840,15 +842,6 @@ class TiffSink(Sink):
             p += 1
         return p
 
-    def _prefix_from(self, start: int) -> int:
-        st = self.state
-        if not self.reordered:
-            return st.committed
-        w, p = st.written, start
-        while p < len(w) and w[p]:
-            p += 1
-        return p
-
     def _link(self, first: int, stop: int) -> None:
         """Rewrite IFDs [first, stop) so the chain runs to stop - 1."""
         self._write_ifds(first, stop, linked_until=stop)
@@ -905,16 +898,12 @@ class TiffSink(Sink):
 
     def _provisional_text(self, frames: int) -> str:
         if self.format == "ome":
-            from mesowriter.sinks._omexml import provisional_ome_xml
-
             return provisional_ome_xml(
                 shape=self.spec.shape,
                 dtype=self.spec.dtype,
                 frames=frames,
                 image_name=self._image_name,
             )
-        from mesowriter.sinks._imagej import flat_description
-
         return flat_description(frames, rgb=len(self.spec.shape) == 3) if frames else ""
 
     # -- the end -----------------------------------------------------------------------
@@ -950,6 +939,8 @@ class TiffSink(Sink):
         if holes:
             self._compact()
         self._write_block("finalising")
+        if self._broken is not None:
+            self._cut_chain()
         result = finalise_tiff(
             f,
             self.geo,
@@ -958,17 +949,26 @@ class TiffSink(Sink):
             description=self._final_text(records, holes=holes),
             classic=self._classic_ok(n),
             block=lambda state: self._block(state),
-            end_chain=self._broken is not None,
         )
         self._shutdown()
         summary.update(result)
         return summary
 
+    def _cut_chain(self) -> None:
+        """A commit failed after linking past the committed frames: end the
+        chain at the last linked one, durably, before finalising writes
+        anything where the IFDs past it are."""
+        assert self.file is not None
+        prefix = self.state.prefix
+        if prefix:
+            self._link(prefix - 1, prefix)
+        else:
+            self._write_header_pointer()
+        self.file.sync()
+
     def _final_text(self, records: Any, *, holes: bool = False) -> str:
         spec = self.spec
         if self.format == "ome":
-            from mesowriter.sinks._omexml import build_ome_xml
-
             return build_ome_xml(
                 shape=spec.shape,
                 dtype=spec.dtype,
@@ -978,8 +978,6 @@ class TiffSink(Sink):
                 image_name=self._image_name,
                 summary=spec.summary,
             )
-        from mesowriter.sinks._imagej import final_description
-
         st = self.state
         plan = self.plan
         # A hyperstack only when plane k is the frame of TZC position k: a
@@ -1095,20 +1093,6 @@ def _first_error(fs: list[Future[Any]]) -> OSError | None:
     return error
 
 
-def _end_chain(f: AlignedFile, geo: Geometry, tail: int, n: int) -> None:
-    """Cut the provisional chain after frame n - 1 (IFD 0 keeps its
-    provisional description), durable before anything overwrites the IFDs
-    past it."""
-    codec = IfdCodec(geo.shape, geo.dtype, bigtiff=True)
-    last = codec.build(
-        pixel_offset=geo.pixel_offset(n - 1),
-        next_ifd=0,
-        description=PROVISIONAL if n == 1 else None,
-    )
-    f.pwrite_meta(last.ljust(codec.stride, b"\x00"), geo.ifd_offset(n - 1, tail))
-    f.sync()
-
-
 def as_oserror(exc: BaseException) -> OSError:
     if isinstance(exc, OSError):
         return exc
@@ -1161,7 +1145,6 @@ def finalise_tiff(
     description: str,
     classic: bool,
     block: Any,
-    end_chain: bool = False,
 ) -> dict[str, Any]:
     """Give a file holding `frames` committed, linked frames its final form.
 
@@ -1170,13 +1153,9 @@ def finalise_tiff(
     switched to them (single-sector writes: IFD 0, or the TIFF header); the
     block says "final"; the file is cut after the description; one sync.
     At every instant the file reads as either its provisional or its final
-    self. `block(state)` makes the next HeaderBlock. `end_chain`: the chain
-    may run past `frames` (a commit failed after linking): it is cut at
-    frame n - 1, and that made durable, before anything is written past it.
+    self. `block(state)` makes the next HeaderBlock.
     """
     n = frames
-    if end_chain:
-        _end_chain(f, geo, tail, n)
     data_end = geo.data_end(n)
     text = description.encode("ascii", "xmlcharrefreplace") + b"\x00"
     fc = geo.front_capacity
