@@ -3,12 +3,16 @@
 A ring is both the pixel store and the record of progress, so that a
 replacement worker can resume from it alone::
 
-    region + 0        header page: layout + cursors
+    region + 0        header page: layout + cursors, the producer's words
+                      and the worker's on cache lines of their own
                         write_cursor  frames published by the producer
-                        read_cursor   frames committed (durable) by the worker
                         received      frames handed to write() (with drops)
-    region + 4096     metadata area: per slot, u64 length, u64 stream index,
-                      JSON bytes
+                        read_cursor   frames committed (durable) by the worker
+    region + 4096     metadata table: per slot, u64 place in the metadata
+                      area, u64 length, u64 stream index
+    region + meta     metadata area: each frame's JSON bytes, one after the
+                      other, starting over at the area's start when the next
+                      would not fit (room for a full ring of the largest)
     region + data     slots: frame k in slot k % n_slots, back to back
                       (stride = frame bytes), so consecutive frames are
                       consecutive bytes and a batch is one buffer
@@ -48,17 +52,23 @@ import numpy as np
 
 PAGE = 4096
 MAGIC = 0x4D45534F52494E47  # "MESORING", first word of every block and region
-RING_VERSION = 3
+RING_VERSION = 4
 DEFAULT_METADATA_BYTES = 32 * 1024
 MAX_SLOTS = 4096
-_META_HEAD = 16
-_META_HEAD_STRUCT = struct.Struct("<QQ")  # metadata length, stream index
+_META_HEAD = 16  # what a slot's metadata_bytes keeps back (ring version 3)
+# A metadata table entry: place in the metadata area, length, stream index.
+_META_ENTRY = struct.Struct("<QQQ")
 
-# Header words (uint64 indices into a region's header page).
+# Header words (uint64 indices into a region's header page): constants, the
+# worker's words, the producer's words, each group on a 64-byte cache line of
+# its own, so that a frame's stores do not take the line the worker writes.
 _MAGIC, _VERSION, _NSLOTS, _STRIDE, _FRAME_NBYTES = 0, 1, 2, 3, 4
-_META_CAP, _DATA_OFFSET, _WRITE, _READ, _BYTES_WRITTEN = 5, 6, 7, 8, 9
-_WAKE_AT, _RECEIVED = 10, 11
-_HEADER_WORDS = 16
+_META_CAP, _DATA_OFFSET = 5, 6
+_READ, _BYTES_WRITTEN, _WAKE_AT = 8, 9, 10
+_WRITE, _RECEIVED = 16, 17
+_HEADER_WORDS = 24
+# The words `Stream.write` reads and sets itself, through `FrameRing.words`.
+WRITE_WORD, READ_WORD, RECEIVED_WORD, WAKE_AT_WORD = _WRITE, _READ, _RECEIVED, _WAKE_AT
 
 
 # CPUs whose stores other cores see in program order (total store order).
@@ -94,8 +104,18 @@ class RingLayout(msgspec.Struct, frozen=True):
         return self.frame_nbytes
 
     @property
+    def metadata_offset(self) -> int:
+        return PAGE + round_up(self.n_slots * _META_ENTRY.size)
+
+    @property
+    def metadata_area_bytes(self) -> int:
+        """Room for a full ring of the largest metadata, and the one gap
+        left where the area starts over (see `FrameRing.put_metadata`)."""
+        return (self.n_slots + 1) * self.metadata_bytes
+
+    @property
     def data_offset(self) -> int:
-        return PAGE + round_up(self.n_slots * self.metadata_bytes)
+        return self.metadata_offset + round_up(self.metadata_area_bytes)
 
     @property
     def region_bytes(self) -> int:
@@ -116,12 +136,13 @@ class RingLayout(msgspec.Struct, frozen=True):
             raise ValueError(f"frame shape {shape} holds no pixels")
         if metadata_bytes < 1024:
             raise ValueError("metadata_bytes must be at least 1024")
-        per_slot = frame_nbytes + metadata_bytes
-        n_slots = min(max_slots, (ring_bytes - 2 * PAGE) // per_slot)
+        per_slot = frame_nbytes + metadata_bytes + _META_ENTRY.size
+        n_slots = min(max_slots, (ring_bytes - 4 * PAGE - metadata_bytes) // per_slot)
         if n_slots < 2:
             raise ValueError(
                 f"ring_bytes={ring_bytes} holds fewer than 2 frames of "
-                f"{frame_nbytes} bytes; give at least {2 * per_slot + 2 * PAGE}"
+                f"{frame_nbytes} bytes; give at least "
+                f"{2 * per_slot + 4 * PAGE + metadata_bytes}"
             )
         # Frames off the page grid are written in batches of whole pages
         # (`page_unit` frames). In a ring of whole units every such batch
@@ -253,11 +274,18 @@ class FrameRing:
     def __init__(self, layout: RingLayout, region: memoryview) -> None:
         self.layout = layout
         self._buf: memoryview | None = region
-        self._header = np.ndarray((_HEADER_WORDS,), np.uint64, region, 0)
+        # The header's words as native uint64: a memoryview item costs the
+        # hot path a third of a numpy scalar's (Stream.write reads `words`).
+        self.words: memoryview = region[: _HEADER_WORDS * 8].cast("Q")
         self._dtype = np.dtype(layout.dtype)
         self.n_slots = layout.n_slots
         self.stride = layout.slot_stride
         self._data = layout.data_offset
+        self._meta_table = PAGE
+        self._meta_area = layout.metadata_offset
+        self._meta_size = layout.metadata_area_bytes
+        self._meta_max = layout.metadata_bytes - _META_HEAD
+        self._meta_head = 0  # the producer's next place in the metadata area
         self._pixels = [self._pixel_view(i) for i in range(layout.n_slots)]
         self.wake_frames = max(
             1, min(layout.n_slots // 4, WAKE_BYTES // layout.frame_nbytes)
@@ -267,8 +295,9 @@ class FrameRing:
     def create(cls, layout: RingLayout, block: SharedBlock) -> FrameRing:
         """Lay a fresh ring out in its region (parent side); cursors at 0."""
         ring = cls(layout, block.region(layout.offset, layout.region_bytes))
-        h = ring._header
-        h[:] = 0
+        h = ring.words
+        for word in range(_HEADER_WORDS):
+            h[word] = 0
         h[_VERSION], h[_NSLOTS] = RING_VERSION, layout.n_slots
         h[_STRIDE], h[_FRAME_NBYTES] = layout.slot_stride, layout.frame_nbytes
         h[_META_CAP], h[_DATA_OFFSET] = layout.metadata_bytes, layout.data_offset
@@ -278,9 +307,7 @@ class FrameRing:
     @classmethod
     def attach(cls, layout: RingLayout, block: SharedBlock) -> FrameRing:
         ring = cls(layout, block.region(layout.offset, layout.region_bytes))
-        if int(ring._header[_MAGIC]) != MAGIC or int(ring._header[_NSLOTS]) != (
-            layout.n_slots
-        ):
+        if ring.words[_MAGIC] != MAGIC or ring.words[_NSLOTS] != layout.n_slots:
             ring.close()
             raise RuntimeError(f"no frame ring at {layout.block}+{layout.offset}")
         return ring
@@ -288,47 +315,47 @@ class FrameRing:
     # -- cursors ----------------------------------------------------------------
     @property
     def write_cursor(self) -> int:
-        return int(self._header[_WRITE])
+        return self.words[_WRITE]
 
     @write_cursor.setter
     def write_cursor(self, value: int) -> None:
-        self._header[_WRITE] = value
+        self.words[_WRITE] = value
 
     @property
     def read_cursor(self) -> int:
-        return int(self._header[_READ])
+        return self.words[_READ]
 
     @read_cursor.setter
     def read_cursor(self, value: int) -> None:
-        self._header[_READ] = value
+        self.words[_READ] = value
 
     @property
     def received(self) -> int:
         """Frames the producer was handed (written or dropped)."""
-        return int(self._header[_RECEIVED])
+        return self.words[_RECEIVED]
 
     @received.setter
     def received(self, value: int) -> None:
-        self._header[_RECEIVED] = value
+        self.words[_RECEIVED] = value
 
     @property
     def bytes_written(self) -> int:
-        return int(self._header[_BYTES_WRITTEN])
+        return self.words[_BYTES_WRITTEN]
 
     @bytes_written.setter
     def bytes_written(self, value: int) -> None:
-        self._header[_BYTES_WRITTEN] = value
+        self.words[_BYTES_WRITTEN] = value
 
     @property
     def wake_at(self) -> int:
         """Set by the worker just before it waits on its pipe: ring the
         doorbell once `write_cursor` reaches this (0: awake, or no doorbell
         wanted)."""
-        return int(self._header[_WAKE_AT])
+        return self.words[_WAKE_AT]
 
     @wake_at.setter
     def wake_at(self, value: int) -> None:
-        self._header[_WAKE_AT] = value
+        self.words[_WAKE_AT] = value
 
     # -- slots ------------------------------------------------------------------
     def _pixel_view(self, slot: int) -> np.ndarray:
@@ -340,26 +367,45 @@ class FrameRing:
         return self._pixels[seq % self.n_slots]
 
     def put_metadata(self, seq: int, index: int, data: bytes) -> bool:
-        """Store frame `seq`'s stream index and metadata; False if too large."""
-        cap = self.layout.metadata_bytes
-        if len(data) > cap - _META_HEAD:
+        """Store frame `seq`'s stream index and metadata; False if too large.
+
+        Producer side. Each frame's bytes follow the last frame's, so that a
+        run of small metadata fills a few pages, not a page per frame. The
+        area holds `n_slots + 1` of the largest: the frames in flight (fewer
+        than `n_slots`) and the gap left where the area starts over never
+        reach the bytes of a frame not yet committed.
+        """
+        n = len(data)
+        if n > self._meta_max:
             return False
         buf = self._buf
         assert buf is not None
-        off = PAGE + (seq % self.n_slots) * cap
-        _META_HEAD_STRUCT.pack_into(buf, off, len(data), index)
-        buf[off + _META_HEAD : off + _META_HEAD + len(data)] = data
+        at = self._meta_head
+        if at + n > self._meta_size:
+            at = 0
+        start = self._meta_area + at
+        buf[start : start + n] = data
+        _META_ENTRY.pack_into(
+            buf,
+            self._meta_table + (seq % self.n_slots) * _META_ENTRY.size,
+            at,
+            n,
+            index,
+        )
+        self._meta_head = at + n
         return True
 
     def get_metadata(self, seq: int) -> tuple[int, bytes]:
-        """Frame `seq`'s stream index and metadata JSON."""
+        """Frame `seq`'s stream index and metadata JSON (worker side)."""
         buf = self._buf
         assert buf is not None
-        cap = self.layout.metadata_bytes
-        off = PAGE + (seq % self.n_slots) * cap
-        n, index = _META_HEAD_STRUCT.unpack_from(buf, off)
-        n = min(n, cap - _META_HEAD)
-        return index, bytes(buf[off + _META_HEAD : off + _META_HEAD + n])
+        at, n, index = _META_ENTRY.unpack_from(
+            buf, self._meta_table + (seq % self.n_slots) * _META_ENTRY.size
+        )
+        at = min(at, self._meta_size)
+        n = min(n, self._meta_max, self._meta_size - at)
+        start = self._meta_area + at
+        return index, bytes(buf[start : start + n])
 
     def span(self, first: int, count: int) -> memoryview:
         """The slots of frames first..first+count-1, back to back.
@@ -391,7 +437,8 @@ class FrameRing:
     def close(self) -> None:
         """Drop this ring's views of the block (the block stays mapped)."""
         self._pixels.clear()
-        self._header = np.zeros(_HEADER_WORDS, np.uint64)
+        self.words.release()
+        self.words = memoryview(bytearray(_HEADER_WORDS * 8)).cast("Q")
         self._buf = None
 
     @property

@@ -15,12 +15,12 @@ a callback for when it is done (see `mesowriter._service` for the picture).
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import threading
 import time
-from array import array
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 import numpy as np
@@ -35,13 +35,21 @@ from mesowriter._report import (
     StreamReport,
     dropped_from,
 )
-from mesowriter._ring import STORES_IN_ORDER, FrameRing
+from mesowriter._ring import (
+    READ_WORD,
+    RECEIVED_WORD,
+    STORES_IN_ORDER,
+    WAKE_AT_WORD,
+    WRITE_WORD,
+    FrameRing,
+)
 from mesowriter._spec import StreamSpec, report_path
 
 if TYPE_CHECKING:
     from mesowriter._workers import WorkerHandle
 
 POLICIES = ("block", "drop")
+_MAX_INDEX = 1 << 63
 
 
 def _now() -> str:
@@ -90,7 +98,12 @@ class Stream:
         self._report: StreamReport | None = None
         self._received = 0
         self._published = 0
-        self._published_index = array("q")  # stream index of each published frame
+        self._n_slots = ring.n_slots
+        # (first frame published after a drop, its stream index): enough to
+        # name every published frame's index (`_index_of`), in memory that
+        # grows with the drops, not with the frames of a long run.
+        self._index_runs: list[tuple[int, int]] = [(0, 0)]
+        self._last_dropped = -1
         self._drops: dict[str, list[int]] = {
             "ring_full": [],
             "rejected": [],
@@ -113,61 +126,63 @@ class Stream:
     ) -> bool:
         """Queue one frame; True if it went into the ring, False if dropped.
 
-        Raises FrameRejected for a frame of the wrong shape or dtype (the
-        stream stays open) and WriterError once the stream has failed. A
-        KeyboardInterrupt (or any exception) while waiting for a slot records
-        the frame as dropped before it propagates.
+        Raises FrameRejected for a frame of the wrong shape or dtype, or not
+        an array at all (the stream stays open), and WriterError once the
+        stream has failed. A KeyboardInterrupt (or any exception) before the
+        frame is published, while waiting for a slot or not, records the
+        frame as dropped before it propagates.
         """
         with self._lock:
             if self._closing:
                 raise WriterError(f"{self.spec.path}: stream is closed")
             index = self._received
             ring = self._ring
-            self._received = ring.received = index + 1
-            if self._error is not None:
-                self._drops["stream_error"].append(index)
-                raise self._failure()
-            arr = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
-            if arr.shape != self._shape or (
-                arr.dtype != self._dtype
-                and not np.can_cast(arr.dtype, self._dtype, "equiv")
-            ):
-                reason = (
-                    f"frame {index} has shape {arr.shape} and dtype {arr.dtype}; "
-                    f"this stream takes shape {self._shape} and dtype {self._dtype}"
-                )
-                self._drops["rejected"].append(index)
-                self._rejected.append({"index": index, "reason": reason})
-                raise FrameRejected(reason)
-            meta = self._encoder.encode(metadata)
+            words = ring.words
+            self._received = words[RECEIVED_WORD] = index + 1
             seq = self._published
-            if seq - ring.read_cursor >= ring.n_slots:
-                if self.policy == "drop":
-                    self._drops["ring_full"].append(index)
-                    return False
-                try:
+            try:
+                if self._error is not None:
+                    self._drop("stream_error", index)
+                    raise self._failure()
+                arr = frame if isinstance(frame, np.ndarray) else self._array(frame)
+                if arr.shape != self._shape or (
+                    arr.dtype != self._dtype
+                    and not np.can_cast(arr.dtype, self._dtype, "equiv")
+                ):
+                    self._reject(
+                        index,
+                        f"frame {index} has shape {arr.shape} and dtype "
+                        f"{arr.dtype}; this stream takes shape {self._shape} "
+                        f"and dtype {self._dtype}",
+                    )
+                meta = self._encoder.encode(metadata)
+                read = words[READ_WORD]
+                if seq - read >= self._n_slots:
+                    if self.policy == "drop":
+                        self._drop("ring_full", index)
+                        return False
                     self._wait_for_space(seq)
-                except WriterError:  # the stream failed while this frame waited
-                    self._drops["stream_error"].append(index)
-                    raise
-                except BaseException:  # Ctrl-C, SIGTERM: counted, then passed on
-                    self._drops["interrupted"].append(index)
-                    raise
-            np.copyto(ring.pixels(seq), arr, casting="equiv")
-            if not ring.put_metadata(seq, index, meta):
-                self._truncated.append(index)
-                ring.put_metadata(seq, index, _truncated_note(len(meta)))
-            ring.write_cursor = seq + 1
-            self._published = seq + 1
-            self._published_index.append(index)
-            fill = seq + 1 - ring.read_cursor
-            if fill > self._high_water:
-                self._high_water = fill
+                    read = words[READ_WORD]
+                np.copyto(ring.pixels(seq), arr, casting="equiv")
+                if not ring.put_metadata(seq, index, meta):
+                    self._truncated.append(index)
+                    ring.put_metadata(seq, index, _truncated_note(len(meta)))
+                self._published = words[WRITE_WORD] = seq + 1
+            except BaseException as exc:
+                # Not published: the frame is dropped, under the reason
+                # already recorded, else the stream's failure or an
+                # interruption (Ctrl-C, SIGTERM) at any point in between.
+                if self._published == seq and self._last_dropped != index:
+                    failed = isinstance(exc, WriterError) and self._error is not None
+                    self._drop("stream_error" if failed else "interrupted", index)
+                raise
+            if seq + 1 - read > self._high_water:
+                self._high_water = seq + 1 - read
             if self._t_first is None:
                 self._t_first = time.perf_counter()
             if not STORES_IN_ORDER:  # the pipe orders the stores: every frame
                 self.worker.send(m.Doorbell(self.spec.stream_id, seq + 1))
-            elif (wake := ring.wake_at) and seq + 1 >= wake != self._rang_at:
+            elif (wake := words[WAKE_AT_WORD]) and seq + 1 >= wake != self._rang_at:
                 # Waking the worker costs this thread more than the pipe write
                 # (a cross-CPU wake-up, on a VM an IPI): only when it sleeps,
                 # once enough frames wait to be written (not merely to be
@@ -175,6 +190,36 @@ class Stream:
                 self._rang_at = wake
                 self.worker.send_raw(self._doorbell)
             return True
+
+    def _drop(self, reason: str, index: int) -> None:
+        """Record frame `index` as dropped. Frames published from now on
+        carry stream indices shifted past it (see `_index_of`)."""
+        self._drops[reason].append(index)
+        self._last_dropped = index
+        run = (self._published, index + 1)
+        if self._index_runs[-1][0] == self._published:  # no frame since the last
+            self._index_runs[-1] = run
+        else:
+            self._index_runs.append(run)
+
+    def _array(self, frame: Any) -> np.ndarray:
+        """A frame that is not an ndarray, as one (rejected if it cannot be)."""
+        try:
+            return np.asarray(frame)
+        except Exception as exc:
+            self._reject(self._received - 1, f"frame is not an array: {exc!r}")
+
+    def _reject(self, index: int, reason: str) -> NoReturn:
+        self._drop("rejected", index)
+        self._rejected.append({"index": index, "reason": reason})
+        raise FrameRejected(reason)
+
+    def _index_of(self, seq: int) -> int:
+        """The stream index of published frame `seq`: frames are published
+        in index order, skipping only the indices dropped before them."""
+        k = bisect.bisect_right(self._index_runs, (seq, _MAX_INDEX)) - 1
+        first_seq, first_index = self._index_runs[k]
+        return first_index + seq - first_seq
 
     def _failure(self) -> WriterError:
         """A new exception for each raise: re-raising one instance would grow
@@ -366,9 +411,8 @@ class Stream:
         """
         ring = self._ring
         written = ring.read_cursor
-        written_idx = set(self._published_index[:written])
         drops = {k: list(v) for k, v in self._drops.items() if v}
-        unwritten = [i for i in self._published_index[written:] if i not in written_idx]
+        unwritten = [self._index_of(seq) for seq in range(written, self._published)]
         if unwritten:
             drops["stream_error"] = sorted(
                 set(drops.get("stream_error", [])) | set(unwritten)

@@ -76,7 +76,7 @@ NAP_SECONDS = 0.01
 # gaps between frames): what was written is committed now, not at the next
 # COMMIT_SECONDS, so the end of a burst, or of a run before its close, is
 # durable and its slots free sooner. A steady camera never looks idle.
-IDLE_SECONDS = 2 * NAP_SECONDS
+IDLE_SECONDS = NAP_SECONDS
 IDLE_GAPS = 3
 ORPHANED = "orphaned writer"  # a report's written_by when the parent died
 

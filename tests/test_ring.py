@@ -16,6 +16,10 @@ from mesowriter._pool import RingPool
 from mesowriter._ring import (
     MAGIC,
     PAGE,
+    READ_WORD,
+    RECEIVED_WORD,
+    WAKE_AT_WORD,
+    WRITE_WORD,
     FrameRing,
     RingLayout,
     SharedBlock,
@@ -32,6 +36,70 @@ def _ring_in(block: SharedBlock, layout: RingLayout, offset: int = PAGE) -> Fram
 
     placed = msgspec.structs.replace(layout, block=block.name, offset=offset)
     return FrameRing.create(placed, block)
+
+
+def test_metadata_of_frames_in_flight_survives_every_size_and_lap() -> None:
+    """Metadata is packed one frame after the other and starts over at the
+    area's end: with the ring full of frames not yet committed, each of any
+    size up to the largest, no frame's metadata is ever overwritten."""
+    layout = RingLayout.plan(
+        ring_bytes=64 * (4 * 4 * 2 + 1024 + 24) + 8 * PAGE,
+        shape=(4, 4),
+        dtype=np.dtype("uint16"),
+        metadata_bytes=1024,
+    )
+    block = SharedBlock.create(layout.region_bytes + PAGE)
+    ring = _ring_in(block, layout)
+    rng = np.random.default_rng(7)
+    largest = layout.metadata_bytes - 16
+    try:
+        n = ring.n_slots
+        assert n >= 8
+        # Runs of the largest, each after a first frame of another size, so
+        # that the area starts over at every offset; then sizes at random.
+        sizes = [
+            size
+            for first in (0, 1, 100, largest // 2, largest - 1)
+            for size in [first] + [largest] * (2 * n)
+        ]
+        sizes += [int(rng.integers(largest + 1)) for _ in range(4 * n)]
+        sent: dict[int, bytes] = {}
+        for seq, size in enumerate(sizes):
+            data = bytes([seq % 251]) * size
+            assert ring.put_metadata(seq, 1000 + seq, data)
+            sent[seq] = data
+            sent.pop(seq - n, None)  # committed before `seq` could be published
+            for s, d in sent.items():  # every frame still in flight
+                assert ring.get_metadata(s) == (1000 + s, d)
+        assert not ring.put_metadata(0, 0, b"x" * (largest + 1))
+    finally:
+        ring.close()
+        block.destroy()
+
+
+def test_the_producers_and_the_workers_words_share_no_cache_line() -> None:
+    line = 64 // 8
+    producer = {WRITE_WORD // line, RECEIVED_WORD // line}
+    worker = {READ_WORD // line, WAKE_AT_WORD // line}
+    assert len(producer) == 1 and not producer & worker
+    layout = _layout()
+    block = SharedBlock.create(layout.region_bytes + PAGE)
+    ring = _ring_in(block, layout)
+    try:
+        ring.write_cursor, ring.received, ring.read_cursor, ring.wake_at = 5, 6, 3, 9
+        assert (ring.write_cursor, ring.received, ring.read_cursor, ring.wake_at) == (
+            5,
+            6,
+            3,
+            9,
+        )
+        twin = FrameRing.attach(ring.layout, block)  # a worker's view of the same
+        assert (twin.write_cursor, twin.received, twin.read_cursor) == (5, 6, 3)
+        twin.close()
+        assert twin.read_cursor == 0  # a closed ring reads as empty
+    finally:
+        ring.close()
+        block.destroy()
 
 
 def test_slots_are_back_to_back_and_metadata_round_trips() -> None:
