@@ -73,6 +73,8 @@ from benchmarks._raw import (  # noqa: E402
 )
 from benchmarks._rounds import (  # noqa: E402
     best_reference,
+    bracketed_ratios,
+    per_round_means,
     ratios,
     run_rounds,
     schedule,
@@ -215,6 +217,13 @@ class RawReferences:
             out[f"fio_qd{self.fio_depth}"] = self._fio
         return out
 
+    def likely_best(self) -> str:
+        """The configuration expected to be the ceiling (fio's io_uring where
+        it runs, else the most requests in flight): the subjects' bracket."""
+        if self.fio_depth is not None:
+            return f"fio_qd{self.fio_depth}"
+        return f"pwrite_x{max(self.in_flight)}"
+
     def _pwrite(self, k: int) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
             path = self.scratch / "raw.bin"
@@ -316,13 +325,26 @@ def against_raw(
 ) -> dict[str, Any]:
     """Raw configurations, then the subjects, round after round.
 
-    Each subject is held to the raw configuration with the best median,
-    round by round (ratios of runs made minutes apart mean little here).
+    Each subject is held to the raw configuration with the best median. The
+    likely best one brackets each subject (it runs right before and after
+    it), and a subject's ratio is to the mean of those two runs: ratios of
+    runs made tens of seconds apart mean little on this disk. Where another
+    configuration has the best median, that ratio is scaled by the two
+    medians (the bracket's over the best's), so the subject is still held to
+    the best; the ratio to the best one's run of the same round is kept too.
     """
     raw = refs.runners()
-    plan = schedule(rounds, list(raw), list(subjects))
-    runs, failures = run_rounds(plan, {**raw, **subjects}, on_result=_log_run)
-    raw_gbps = {k: _values(runs[k], "gbps") for k in raw}
+    bracket = refs.likely_best()
+    plan = schedule(rounds, list(raw), list(subjects), bracket=bracket)
+    trail: list[list[tuple[str, dict[str, Any] | None]]] = []
+    runs, failures = run_rounds(
+        plan, {**raw, **subjects}, on_result=_log_run, trail=trail
+    )
+    rates = [[(n, _values([res], "gbps")[0]) for n, res in row] for row in trail]
+    raw_gbps = {
+        k: per_round_means(rates, k) if k == bracket else _values(runs[k], "gbps")
+        for k in raw
+    }
     best = best_reference(raw_gbps)
     out: dict[str, Any] = {
         "rounds": rounds,
@@ -331,15 +353,28 @@ def against_raw(
         "prealloc_bytes": refs.prealloc_bytes,
         "raw": {k: {"gbps": spread(raw_gbps[k]), "runs": runs[k]} for k in raw},
         "best_raw": best,
+        "bracket": bracket,
         "raw_gbps": spread(raw_gbps[best])["median"] if best else None,
         "subjects": {},
         "failures": failures,
+        "trail": rates,  # every run in the order it ran, GB/s
     }
     for name in subjects:
         vals = _values(runs[name], "gbps")
+        same_round = versus_best(vals, raw_gbps)
+        # the bracket's median over the best's: 1 where the bracket is the best
+        scale = 1.0 if best == bracket else _median_over(raw_gbps, bracket, best)
+        per_round = [
+            None if r is None or scale is None else r * scale
+            for r in bracketed_ratios(rates, name, bracket)
+        ]
         out["subjects"][name] = {
             "gbps": spread(vals),
-            **versus_best(vals, raw_gbps),
+            "best": best,
+            "ratios": per_round,
+            "ratio": spread(per_round),
+            "bracket_scale": None if best == bracket else scale,
+            "ratio_same_round": same_round["ratio"],
             "write_us_median": spread(_values(runs[name], "write", "us_median")),
             "verify_ok": all(
                 r["verify"]["ok"] for r in runs[name] if r and "verify" in r
@@ -347,6 +382,15 @@ def against_raw(
             "runs": runs[name],
         }
     return out
+
+
+def _median_over(
+    values: dict[str, list[float | None]], top: str, bottom: str | None
+) -> float | None:
+    """The median of `top`'s values over `bottom`'s (None: either has none)."""
+    a = spread(values[top])["median"]
+    b = spread(values[bottom])["median"] if bottom is not None else None
+    return a / b if a and b else None
 
 
 def _values(runs: Sequence[dict[str, Any] | None], *keys: str) -> list[float | None]:
@@ -969,6 +1013,20 @@ def _writer_label(section: str, a: dict[str, Any], name: str) -> str:
     return label + (f" (write_depth {a['write_depth']})" if section == "a" else "")
 
 
+def _pairing(a: dict[str, Any], m: dict[str, Any]) -> str:
+    """How a writer's per-round ratio was paired (see `against_raw`)."""
+    bracket = a.get("bracket")
+    if bracket is None:  # results written before brackets
+        return "(run of the same round)"
+    said = f"(to the {bracket} runs right before and after it"
+    if m.get("bracket_scale") is not None:
+        said += f", x {m['bracket_scale']:.2f}: its median over the best's"
+        same = m.get("ratio_same_round") or {}
+        if same.get("median") is not None:
+            said += f"; to the best's run of the same round {_sp(same)}"
+    return said + ")"
+
+
 def _ceiling_rows(
     section: str, a: dict[str, Any], verdict: Callable[..., str] | None
 ) -> list[tuple[str, str, str, str]]:
@@ -993,8 +1051,8 @@ def _ceiling_rows(
         rows.append(
             (
                 f"{section} {label}",
-                f"{_sp(m['gbps'])} GB/s durable; / {m['best']} per round = "
-                f"{_sp(ratio)}; Stream.write median "
+                f"{_sp(m['gbps'])} GB/s durable; / {m['best']} = "
+                f"{_sp(ratio)} {_pairing(a, m)}; Stream.write median "
                 f"{_sp(m['write_us_median'], 0)} us",
                 ">= 0.9" if verdict else "-",
                 "ERROR"
@@ -1227,8 +1285,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="alternating rounds in (a), (h) and depth (at least 3 for figures)",
+        default=5,
+        help="alternating rounds in (a), (h) and depth (at least 3 for figures; "
+        "5 by default: this disk swings 2x from minute to minute)",
     )
     ap.add_argument(
         "--write-depth",
@@ -1300,6 +1359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("video_frames", 60),
             ("finalise_frames", 5_000),
             ("pipeline_gib", 0.5),
+            ("rounds", 3),
         ):
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, small)

@@ -63,7 +63,7 @@ _META_ENTRY = struct.Struct("<QQQ")
 # worker's words, the producer's words, each group on a 64-byte cache line of
 # its own, so that a frame's stores do not take the line the worker writes.
 _MAGIC, _VERSION, _NSLOTS, _STRIDE, _FRAME_NBYTES = 0, 1, 2, 3, 4
-_META_CAP, _DATA_OFFSET = 5, 6
+_META_CAP, _DATA_OFFSET, _META_OFFSET = 5, 6, 7
 _READ, _BYTES_WRITTEN, _WAKE_AT = 8, 9, 10
 _WRITE, _RECEIVED = 16, 17
 _HEADER_WORDS = 24
@@ -301,15 +301,45 @@ class FrameRing:
         h[_VERSION], h[_NSLOTS] = RING_VERSION, layout.n_slots
         h[_STRIDE], h[_FRAME_NBYTES] = layout.slot_stride, layout.frame_nbytes
         h[_META_CAP], h[_DATA_OFFSET] = layout.metadata_bytes, layout.data_offset
+        h[_META_OFFSET] = layout.metadata_offset
         h[_MAGIC] = MAGIC
         return ring
 
     @classmethod
     def attach(cls, layout: RingLayout, block: SharedBlock) -> FrameRing:
+        """A worker's view of a ring the parent created. Every place is
+        computed again here, by this process's code: the words the creator
+        wrote must agree, or the two would read and write different bytes
+        (a worker spawned after `_ring.py` changed on disk, say)."""
         ring = cls(layout, block.region(layout.offset, layout.region_bytes))
-        if ring.words[_MAGIC] != MAGIC or ring.words[_NSLOTS] != layout.n_slots:
+        h = ring.words
+        if h[_MAGIC] != MAGIC or h[_NSLOTS] != layout.n_slots:
             ring.close()
             raise RuntimeError(f"no frame ring at {layout.block}+{layout.offset}")
+        mine = (
+            RING_VERSION,
+            layout.slot_stride,
+            layout.frame_nbytes,
+            layout.metadata_bytes,
+            layout.metadata_offset,
+            layout.data_offset,
+        )
+        theirs = (
+            h[_VERSION],
+            h[_STRIDE],
+            h[_FRAME_NBYTES],
+            h[_META_CAP],
+            h[_META_OFFSET],
+            h[_DATA_OFFSET],
+        )
+        if mine != theirs:
+            ring.close()
+            raise RuntimeError(
+                f"the frame ring at {layout.block}+{layout.offset} was laid out "
+                f"by other code (version, stride, frame bytes, metadata bytes, "
+                f"metadata offset, data offset: {theirs}, here {mine}): was "
+                "mesowriter changed on disk while its service ran?"
+            )
         return ring
 
     # -- cursors ----------------------------------------------------------------

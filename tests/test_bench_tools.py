@@ -159,6 +159,60 @@ def test_schedule_alternates_references_then_subjects() -> None:
         rounds.schedule(0, refs, subs)
 
 
+def test_a_bracket_runs_on_both_sides_of_every_subject() -> None:
+    refs, subs = ["x1", "x8", "fio"], ["meso", "odd"]
+    plan = rounds.schedule(3, refs, subs, bracket="fio")
+    for row in plan:
+        assert sorted(row[:2]) == ["x1", "x8"] and row[2] == "fio"
+        for i, name in enumerate(row):
+            if name in subs:
+                assert row[i - 1] == row[i + 1] == "fio"
+        assert sorted(n for n in row if n in subs) == subs
+    assert {row[3] for row in plan} == set(subs)  # subjects still rotate
+    with pytest.raises(ValueError, match="not one of the references"):
+        rounds.schedule(3, refs, subs, bracket="fio_qd32")
+
+
+def test_bracketed_ratio_is_to_the_runs_right_around_the_subject() -> None:
+    # the disk slows down in the middle of round 0: the round's first fio run
+    # would make meso look slow, the runs beside it do not
+    trail = [
+        [
+            ("x1", 1.0),
+            ("fio", 2.5),
+            ("meso", 1.8),
+            ("fio", 2.0),
+            ("odd", 1.9),
+            ("fio", 2.0),
+        ],
+        [("fio", 2.4), ("odd", None), ("fio", None), ("meso", 2.2), ("fio", 2.4)],
+    ]
+    meso = rounds.bracketed_ratios(trail, "meso", "fio")
+    assert meso == pytest.approx([1.8 / 2.25, 2.2 / 2.4])  # type: ignore[arg-type]
+    odd = rounds.bracketed_ratios(trail, "odd", "fio")
+    assert odd == [pytest.approx(0.95), None]  # a failed run: no ratio
+    means = rounds.per_round_means(trail, "fio")
+    assert means == pytest.approx([6.5 / 3, 2.4])  # type: ignore[arg-type]
+    assert rounds.per_round_means(trail, "x1") == [1.0, None]
+
+
+def test_run_rounds_keeps_each_rounds_order_with_repeated_names() -> None:
+    values = iter([1.0, 2.0, 3.0, 4.0, 5.0])
+    trail: list[list[tuple[str, dict[str, float] | None]]] = []
+    plan = [["fio", "meso", "fio"], ["fio", "meso"]]
+    runs, failures = rounds.run_rounds(
+        plan,
+        {"fio": lambda: {"v": next(values)}, "meso": lambda: {"v": next(values)}},
+        trail=trail,
+    )
+    assert not failures
+    assert [[(n, r["v"] if r else None) for n, r in row] for row in trail] == [
+        [("fio", 1.0), ("meso", 2.0), ("fio", 3.0)],
+        [("fio", 4.0), ("meso", 5.0)],
+    ]
+    assert [r["v"] if r else None for r in runs["fio"]] == [1.0, 4.0]  # the first
+
+
 def test_spread_median_min_max_skip_failed_runs() -> None:
     s = rounds.spread([2.0, None, 4.0, 3.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 3)

@@ -236,3 +236,28 @@ def test_stale_rings_are_removed_live_ones_kept() -> None:
         live.destroy()
         plain.close()
         plain.unlink()
+
+
+def test_a_worker_whose_code_lays_the_ring_out_otherwise_refuses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker spawned after `_ring.py` changed on disk (an edit, a
+    mutation run, an upgrade) computes its own places: a metadata area one
+    slot smaller put its pixel slots 4 frames before the producer's, and it
+    wrote zeros and the wrong frames to the file, with the right metadata.
+    It must refuse the ring instead."""
+    layout = _layout(shape=(64, 64), ring_bytes=4 << 20)
+    block = SharedBlock.create(layout.region_bytes + PAGE)
+    ring = _ring_in(block, layout)
+    try:
+        FrameRing.attach(ring.layout, block).close()  # the same code: taken
+        monkeypatch.setattr(
+            RingLayout,
+            "metadata_area_bytes",
+            property(lambda self: self.n_slots * self.metadata_bytes),
+        )
+        with pytest.raises(RuntimeError, match="laid out by other code"):
+            FrameRing.attach(ring.layout, block)
+    finally:
+        ring.close()
+        block.destroy()
