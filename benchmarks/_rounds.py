@@ -23,7 +23,6 @@ __all__ = [
     "Spread",
     "best_reference",
     "bracketed_ratios",
-    "per_round_means",
     "ratios",
     "rotated",
     "run_rounds",
@@ -156,17 +155,6 @@ def versus_best(subject: Values, references: Mapping[str, Values]) -> dict[str, 
     best = best_reference(references)
     per_round = ratios(subject, references[best]) if best is not None else []
     return {"best": best, "ratios": per_round, "ratio": spread(per_round)}
-
-
-def per_round_means(
-    trail: Sequence[Sequence[tuple[str, float | None]]], name: str
-) -> list[float | None]:
-    """Each round's mean of `name`'s runs (a bracket runs several times)."""
-    out: list[float | None] = []
-    for row in trail:
-        got = [v for n, v in row if n == name and v is not None]
-        out.append(statistics.fmean(got) if got else None)
-    return out
 
 
 def bracketed_ratios(

@@ -74,7 +74,6 @@ from benchmarks._raw import (  # noqa: E402
 from benchmarks._rounds import (  # noqa: E402
     best_reference,
     bracketed_ratios,
-    per_round_means,
     ratios,
     run_rounds,
     schedule,
@@ -341,10 +340,9 @@ def against_raw(
         plan, {**raw, **subjects}, on_result=_log_run, trail=trail
     )
     rates = [[(n, _values([res], "gbps")[0]) for n, res in row] for row in trail]
-    raw_gbps = {
-        k: per_round_means(rates, k) if k == bracket else _values(runs[k], "gbps")
-        for k in raw
-    }
+    # each configuration's run among the references (the bracket's first):
+    # like against like, whatever the subjects' runs beside it did
+    raw_gbps = {k: _values(runs[k], "gbps") for k in raw}
     best = best_reference(raw_gbps)
     out: dict[str, Any] = {
         "rounds": rounds,
@@ -364,9 +362,15 @@ def against_raw(
         same_round = versus_best(vals, raw_gbps)
         # the bracket's median over the best's: 1 where the bracket is the best
         scale = 1.0 if best == bracket else _median_over(raw_gbps, bracket, best)
+        # a round whose bracket runs failed (or a bracket that never ran:
+        # fio without io_uring) keeps its ratio to the best's run of the round
         per_round = [
-            None if r is None or scale is None else r * scale
-            for r in bracketed_ratios(rates, name, bracket)
+            s if r is None or scale is None else r * scale
+            for r, s in zip(
+                bracketed_ratios(rates, name, bracket),
+                same_round["ratios"],
+                strict=True,
+            )
         ]
         out["subjects"][name] = {
             "gbps": spread(vals),

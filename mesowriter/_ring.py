@@ -311,36 +311,39 @@ class FrameRing:
         computed again here, by this process's code: the words the creator
         wrote must agree, or the two would read and write different bytes
         (a worker spawned after `_ring.py` changed on disk, say)."""
-        ring = cls(layout, block.region(layout.offset, layout.region_bytes))
-        h = ring.words
-        if h[_MAGIC] != MAGIC or h[_NSLOTS] != layout.n_slots:
-            ring.close()
-            raise RuntimeError(f"no frame ring at {layout.block}+{layout.offset}")
-        mine = (
-            RING_VERSION,
-            layout.slot_stride,
-            layout.frame_nbytes,
-            layout.metadata_bytes,
-            layout.metadata_offset,
-            layout.data_offset,
-        )
-        theirs = (
-            h[_VERSION],
-            h[_STRIDE],
-            h[_FRAME_NBYTES],
-            h[_META_CAP],
-            h[_META_OFFSET],
-            h[_DATA_OFFSET],
-        )
+        h = block.region(layout.offset, _HEADER_WORDS * 8).cast("Q")
+        try:
+            if h[_MAGIC] != MAGIC or h[_NSLOTS] != layout.n_slots:
+                raise RuntimeError(f"no frame ring at {layout.block}+{layout.offset}")
+            mine = (
+                RING_VERSION,
+                layout.slot_stride,
+                layout.frame_nbytes,
+                layout.metadata_bytes,
+                layout.metadata_offset,
+                layout.data_offset,
+            )
+            theirs = tuple(
+                h[w]
+                for w in (
+                    _VERSION,
+                    _STRIDE,
+                    _FRAME_NBYTES,
+                    _META_CAP,
+                    _META_OFFSET,
+                    _DATA_OFFSET,
+                )
+            )
+        finally:
+            h.release()
         if mine != theirs:
-            ring.close()
             raise RuntimeError(
                 f"the frame ring at {layout.block}+{layout.offset} was laid out "
                 f"by other code (version, stride, frame bytes, metadata bytes, "
                 f"metadata offset, data offset: {theirs}, here {mine}): was "
                 "mesowriter changed on disk while its service ran?"
             )
-        return ring
+        return cls(layout, block.region(layout.offset, layout.region_bytes))
 
     # -- cursors ----------------------------------------------------------------
     @property

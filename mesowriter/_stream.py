@@ -103,7 +103,6 @@ class Stream:
         # name every published frame's index (`_index_of`), in memory that
         # grows with the drops, not with the frames of a long run.
         self._index_runs: list[tuple[int, int]] = [(0, 0)]
-        self._last_dropped = -1
         self._drops: dict[str, list[int]] = {
             "ring_full": [],
             "rejected": [],
@@ -172,7 +171,7 @@ class Stream:
                 # Not published: the frame is dropped, under the reason
                 # already recorded, else the stream's failure or an
                 # interruption (Ctrl-C, SIGTERM) at any point in between.
-                if self._published == seq and self._last_dropped != index:
+                if self._published == seq and not self._dropped(index):
                     failed = isinstance(exc, WriterError) and self._error is not None
                     self._drop("stream_error" if failed else "interrupted", index)
                 raise
@@ -194,13 +193,17 @@ class Stream:
     def _drop(self, reason: str, index: int) -> None:
         """Record frame `index` as dropped. Frames published from now on
         carry stream indices shifted past it (see `_index_of`)."""
-        self._drops[reason].append(index)
-        self._last_dropped = index
         run = (self._published, index + 1)
         if self._index_runs[-1][0] == self._published:  # no frame since the last
-            self._index_runs[-1] = run
+            self._index_runs[-1] = run  # (idempotent: a second call for `index`)
         else:
             self._index_runs.append(run)
+        self._drops[reason].append(index)  # last: from here on it is counted
+
+    def _dropped(self, index: int) -> bool:
+        """Whether `index` is recorded as dropped (drops come in index order,
+        so it is the last of its list)."""
+        return any(v and v[-1] == index for v in self._drops.values())
 
     def _array(self, frame: Any) -> np.ndarray:
         """A frame that is not an ndarray, as one (rejected if it cannot be)."""

@@ -103,3 +103,32 @@ def test_a_dead_workers_report_names_the_unwritten_frames_after_drops(
     written = report.frames_written
     assert written < len(published)
     assert report.drops["stream_error"] == published[written:]
+
+
+class _InterruptAfterAppend(list):  # type: ignore[type-arg]
+    """A Ctrl-C landing right after a drop was appended (Python checks for
+    signals when a call returns, before the call site is specialised)."""
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        raise KeyboardInterrupt
+
+
+def test_an_interruption_while_a_drop_is_recorded_counts_it_once(
+    tmp_path: Path,
+) -> None:
+    with WriterService(ring_bytes=1 << 20) as svc:
+        stream = svc.open_stream(
+            tmp_path / "twice.ome.tiff", shape=SHAPE, dtype="uint16"
+        )
+        stream.write(index_frame(0, SHAPE))
+        stream._drops["rejected"] = _InterruptAfterAppend()
+        with pytest.raises(KeyboardInterrupt):
+            stream.write(np.zeros((3, 3), np.uint16))  # rejected, then Ctrl-C
+        stream._drops["rejected"] = list(stream._drops["rejected"])
+        stream.write(index_frame(2, SHAPE))
+        live = (stream.frames_received, stream.frames_dropped)
+        report = stream.close()
+    assert live == (3, 1)
+    assert report.drops == {"rejected": [1]}
+    _accounted(report)

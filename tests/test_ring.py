@@ -261,3 +261,26 @@ def test_a_worker_whose_code_lays_the_ring_out_otherwise_refuses_it(
     finally:
         ring.close()
         block.destroy()
+
+
+def test_a_worker_whose_layout_is_larger_gets_the_layout_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A layout this process computes larger than the creator's would run
+    past the end of a block sized for the ring: the header is compared
+    before any slot is mapped, so the error says why."""
+    layout = _layout(shape=(64, 64), ring_bytes=4 << 20)
+    block = SharedBlock.create(layout.region_bytes + PAGE)
+    ring = _ring_in(block, layout)
+    try:
+        monkeypatch.setattr(
+            RingLayout,
+            "metadata_area_bytes",
+            property(lambda self: (self.n_slots + 2) * self.metadata_bytes),
+        )
+        with pytest.raises(RuntimeError, match="laid out by other code"):
+            FrameRing.attach(ring.layout, block)
+    finally:
+        monkeypatch.undo()
+        ring.close()
+        block.destroy()
