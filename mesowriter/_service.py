@@ -43,6 +43,7 @@ import numpy as np
 import psutil
 
 from mesowriter import _messages as m
+from mesowriter._errors import WriterError
 from mesowriter._paths import normalised_path, prepare_output_path
 from mesowriter._platform import install_shutdown_handler, shm_available_bytes
 from mesowriter._pool import Region, RingPool
@@ -123,6 +124,8 @@ class WriterService:
         self._lock = threading.RLock()
         self._streams: dict[int, Stream] = {}
         self._regions: dict[int, Region] = {}
+        self._quarantined: set[int] = set()  # streams whose region stays out
+        self._monitor_failure: str | None = None
         self._ids = itertools.count()
         self._closed = False
         self._running = False
@@ -237,6 +240,8 @@ class WriterService:
         with self._lock:
             if self._closed:
                 raise RuntimeError("this WriterService is closed")
+            if self._monitor_failure is not None:  # no answer would ever come
+                raise WriterError(self._monitor_failure)
             self._opening += 1
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
@@ -420,7 +425,7 @@ class WriterService:
             region = self._regions.pop(sid, None)
             stream.worker.streams.discard(sid)
         stream.ring.close()
-        if region is not None:
+        if region is not None and sid not in self._quarantined:
             self._give_back(region)
         self._trim_idle_workers()
         self._schedule_idle_reap()
@@ -454,6 +459,12 @@ class WriterService:
             stream.on_closed(msg.report or None)
 
     def _monitor_failed(self, cause: str) -> None:
+        """Nobody hears the workers any more, but they may still run and
+        still store their cursors into the streams' rings: those regions are
+        never given back to the pool (a new stream's ring would take them)."""
+        with self._lock:
+            self._monitor_failure = cause
+            self._quarantined.update(self._regions)
         for stream in self.streams:
             if not stream._closed.is_set():
                 stream.on_worker_lost(cause)

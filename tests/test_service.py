@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -384,3 +385,41 @@ def test_a_file_that_cannot_be_preallocated_is_not_left_behind(
     for i in range(2):
         stream.write(index_frame(i, (64, 64)))
     assert stream.close().frames_written == 2
+
+
+# the monitor thread re-raises its error after failing the streams: expected here
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failed_monitor_fails_every_stream_and_every_later_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that hears the workers dies (a bug of ours): open streams
+    fail with its traceback, a later open fails at once instead of waiting
+    for an answer that cannot come, and no ring of the lost streams goes
+    back to the pool, since their worker may still store into it."""
+    from mesowriter import _messages as m
+    from mesowriter import _service
+
+    real = _service.WriterService._dispatch
+
+    def dispatch(self: Any, msg: Any) -> None:
+        if isinstance(msg, m.StreamClosed):
+            raise RuntimeError("a bug in the monitor thread")
+        real(self, msg)
+
+    monkeypatch.setattr(_service.WriterService, "_dispatch", dispatch)
+    shape = (16, 16)
+    with WriterService(ring_bytes=1 << 20) as svc:
+        first = svc.open_stream(tmp_path / "a.ome.tiff", shape=shape, dtype="uint16")
+        second = svc.open_stream(tmp_path / "b.ome.tiff", shape=shape, dtype="uint16")
+        free_before = svc.pool.free_bytes()
+        first.write(index_frame(0, shape))
+        with pytest.raises(WriterError, match="monitor thread failed") as info:
+            first.close()
+        assert "a bug in the monitor thread" in str(info.value)
+        report = info.value.report  # type: ignore[attr-defined]
+        assert report.frames_received == report.frames_written + report.frames_dropped
+        with pytest.raises(WriterError, match="monitor thread failed"):
+            second.close()
+        with pytest.raises(WriterError, match="monitor thread failed"):
+            svc.open_stream(tmp_path / "c.ome.tiff", shape=shape, dtype="uint16")
+        assert svc.pool.free_bytes() == free_before  # both rings kept out
