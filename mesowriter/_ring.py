@@ -55,7 +55,9 @@ MAGIC = 0x4D45534F52494E47  # "MESORING", first word of every block and region
 RING_VERSION = 4
 DEFAULT_METADATA_BYTES = 32 * 1024
 MAX_SLOTS = 4096
-_META_HEAD = 16  # what a slot's metadata_bytes keeps back (ring version 3)
+# The largest metadata a frame may carry is `metadata_bytes` less this (the
+# head a slot kept before ring version 4: the limit users saw stays the same).
+_META_HEAD = 16
 # A metadata table entry: place in the metadata area, length, stream index.
 _META_ENTRY = struct.Struct("<QQQ")
 
@@ -404,9 +406,10 @@ class FrameRing:
 
         Producer side. Each frame's bytes follow the last frame's, so that a
         run of small metadata fills a few pages, not a page per frame. The
-        area holds `n_slots + 1` of the largest: the frames in flight (fewer
-        than `n_slots`) and the gap left where the area starts over never
-        reach the bytes of a frame not yet committed.
+        area holds `n_slots + 1` of the largest: the frames not yet committed
+        (at most `n_slots`, this one included) and the one gap left where the
+        area starts over, so no frame's bytes reach those of a frame not yet
+        committed.
         """
         n = len(data)
         if n > self._meta_max:

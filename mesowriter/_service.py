@@ -220,6 +220,12 @@ class WriterService:
         return self._closed
 
     @property
+    def broken(self) -> str | None:
+        """Why this service can take no stream any more (its monitor thread
+        failed, with the traceback), or None."""
+        return self._monitor_failure
+
+    @property
     def workers(self) -> list[int]:
         """PIDs of the live writer processes."""
         return [w.process.pid for w in self._workers.handles]
@@ -539,10 +545,17 @@ def shared_service() -> WriterService:
     pool, and nothing after that.
     """
     global _shared
+    broken = None
     with _shared_lock:
+        if _shared is not None and _shared.broken:
+            broken, _shared = _shared, None  # a long session goes on with a new one
         if _shared is None or _shared.closed:
             _shared = WriterService(**_shared_options)
-        return _shared
+        service = _shared
+    if broken is not None:
+        with suppress(Exception):  # its streams already failed with the cause
+            broken.close("error")
+    return service
 
 
 def configure_shared_service(

@@ -423,3 +423,43 @@ def test_a_failed_monitor_fails_every_stream_and_every_later_open(
         with pytest.raises(WriterError, match="monitor thread failed"):
             svc.open_stream(tmp_path / "c.ome.tiff", shape=shape, dtype="uint16")
         assert svc.pool.free_bytes() == free_before  # both rings kept out
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_shared_service_is_replaced_once_its_monitor_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GUI session runs all day on the process-wide service: after such a
+    failure the next writer gets a new service, not the same error forever."""
+    from mesowriter import _messages as m
+    from mesowriter import _service
+
+    real = _service.WriterService._dispatch
+
+    def dispatch(self: Any, msg: Any) -> None:
+        if (
+            isinstance(msg, m.StreamClosed)
+            and "broken" in self._streams.get(msg.stream_id, None).spec.path
+        ):
+            raise RuntimeError("a bug in the monitor thread")
+        real(self, msg)
+
+    monkeypatch.setattr(_service.WriterService, "_dispatch", dispatch)
+    shape = (16, 16)
+    _service.configure_shared_service(idle_timeout=None)
+    try:
+        first = _service.shared_service()
+        stream = first.open_stream(
+            tmp_path / "broken.ome.tiff", shape=shape, dtype="uint16"
+        )
+        with pytest.raises(WriterError, match="monitor thread failed"):
+            stream.close()
+        assert first.broken is not None
+        second = _service.shared_service()
+        assert second is not first and second.broken is None and first.closed
+        path = tmp_path / "fine.ome.tiff"
+        stream = second.open_stream(path, shape=shape, dtype="uint16")
+        stream.write(index_frame(0, shape))
+        assert stream.close().frames_written == 1
+    finally:
+        _service.configure_shared_service()
