@@ -124,7 +124,6 @@ class WriterService:
         self._lock = threading.RLock()
         self._streams: dict[int, Stream] = {}
         self._regions: dict[int, Region] = {}
-        self._quarantined: set[int] = set()  # streams whose region stays out
         self._monitor_failure: str | None = None
         self._ids = itertools.count()
         self._closed = False
@@ -431,7 +430,9 @@ class WriterService:
             region = self._regions.pop(sid, None)
             stream.worker.streams.discard(sid)
         stream.ring.close()
-        if region is not None and sid not in self._quarantined:
+        # After a monitor failure every stream still open lost its worker,
+        # which may yet store into the ring: its region stays out of the pool.
+        if region is not None and self._monitor_failure is None:
             self._give_back(region)
         self._trim_idle_workers()
         self._schedule_idle_reap()
@@ -470,7 +471,6 @@ class WriterService:
         never given back to the pool (a new stream's ring would take them)."""
         with self._lock:
             self._monitor_failure = cause
-            self._quarantined.update(self._regions)
         for stream in self.streams:
             if not stream._closed.is_set():
                 stream.on_worker_lost(cause)

@@ -98,7 +98,6 @@ class Stream:
         self._report: StreamReport | None = None
         self._received = 0
         self._published = 0
-        self._n_slots = ring.n_slots
         # (first frame published after a drop, its stream index): enough to
         # name every published frame's index (`_index_of`), in memory that
         # grows with the drops, not with the frames of a long run.
@@ -143,7 +142,11 @@ class Stream:
                 if self._error is not None:
                     self._drop("stream_error", index)
                     raise self._failure()
-                arr = frame if isinstance(frame, np.ndarray) else self._array(frame)
+                arr = (
+                    frame
+                    if isinstance(frame, np.ndarray)
+                    else self._array(frame, index)
+                )
                 if arr.shape != self._shape or (
                     arr.dtype != self._dtype
                     and not np.can_cast(arr.dtype, self._dtype, "equiv")
@@ -156,7 +159,7 @@ class Stream:
                     )
                 meta = self._encoder.encode(metadata)
                 read = words[READ_WORD]
-                if seq - read >= self._n_slots:
+                if seq - read >= ring.n_slots:
                     if self.policy == "drop":
                         self._drop("ring_full", index)
                         return False
@@ -205,12 +208,12 @@ class Stream:
         so it is the last of its list)."""
         return any(v and v[-1] == index for v in self._drops.values())
 
-    def _array(self, frame: Any) -> np.ndarray:
+    def _array(self, frame: Any, index: int) -> np.ndarray:
         """A frame that is not an ndarray, as one (rejected if it cannot be)."""
         try:
             return np.asarray(frame)
         except Exception as exc:
-            self._reject(self._received - 1, f"frame is not an array: {exc!r}")
+            self._reject(index, f"frame {index} is not an array: {exc!r}")
 
     def _reject(self, index: int, reason: str) -> NoReturn:
         self._drop("rejected", index)
