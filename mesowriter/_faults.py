@@ -12,6 +12,10 @@ normal use never reaches this code. Faults are written as
     die-unjournalled:N       the same, but after the commit that passes N
                              frames and before its journal lines: frames
                              durable in the file, yet not in the journal
+    die-written:N            the worker kills itself once the frame that
+                             passes N frames is written (its write returned,
+                             its slot freed) and not yet committed: a
+                             replacement must adopt what is in the file
     die-in-open              the worker kills itself once it created the file
                              and the journal, before it answers the open
     die-after-finalise       the worker kills itself once the file is final,
@@ -55,6 +59,7 @@ class Faults:
     fail_errno: int = errno.ENOSPC
     die_after: int | None = None
     die_unjournalled: int | None = None
+    die_written: int | None = None
     die_after_close: bool = False
     die_in_open: bool = False
     die_after_finalise: bool = False
@@ -78,6 +83,8 @@ class Faults:
                 faults.die_after = int(args[0])
             elif kind == "die-unjournalled":
                 faults.die_unjournalled = None if resumed else int(args[0])
+            elif kind == "die-written":
+                faults.die_written = None if resumed else int(args[0])
             elif kind == "die-in-open":
                 faults.die_in_open = not resumed
             elif kind == "die-after-finalise":
@@ -107,6 +114,13 @@ class Faults:
         """Die between a commit and its journal lines, once, at the mark."""
         mark = self.die_unjournalled
         if mark is not None and before < mark <= written:
+            _die()
+
+    def after_free(self, committed: int, freed: int) -> None:
+        """Die once slots up to `freed` are free and the mark is among the
+        frames written but not committed."""
+        mark = self.die_written
+        if mark is not None and committed < mark <= freed:
             _die()
 
     def after_commit(self, before: int, written: int) -> None:

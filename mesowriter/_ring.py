@@ -7,23 +7,41 @@ replacement worker can resume from it alone::
                       and the worker's on cache lines of their own
                         write_cursor  frames published by the producer
                         received      frames handed to write() (with drops)
+                        freed_cursor  frames whose pixels are in the file (the
+                                      writes returned): their slots are free
                         read_cursor   frames committed (durable) by the worker
-    region + 4096     metadata table: per slot, u64 place in the metadata
-                      area, u64 length, u64 stream index
+    region + 4096     metadata table: per entry, u64 place in the metadata
+                      area, u64 length, u64 stream index (the producer's),
+                      u64 file position once written (the worker's)
     region + meta     metadata area: each frame's JSON bytes, one after the
                       other, starting over at the area's start when the next
-                      would not fit (room for a full ring of the largest)
+                      would not fit (room for a full table of the largest)
     region + data     slots: frame k in slot k % n_slots, back to back
                       (stride = frame bytes), so consecutive frames are
                       consecutive bytes and a batch is one buffer
 
-Frame `seq` lives in slot `seq % n_slots`. The producer (the acquisition
-process) only ever advances `write_cursor` and `received`; the worker only
-ever advances `read_cursor`. A slot is free for frame `seq` once
-`seq - read_cursor < n_slots`. Each cursor is an aligned 8-byte word with a
-single writer, so no lock is needed. A word `wake_at` tells the producer
-that the worker waits on its pipe, and from which frame on it wants the
-doorbell (see `Stream.write`).
+Frame `seq` has its pixels in slot `seq % n_slots` and its metadata in entry
+`seq % n_entries` (twice as many entries as slots for large frames, as many
+for small ones: see EARLY_FREE_RATIO). The producer (the
+acquisition process) only ever advances `write_cursor` and `received`; the
+worker only ever advances `freed_cursor` and `read_cursor`. A slot is free
+for frame `seq` once `seq - freed_cursor < n_slots`.
+
+Why two worker cursors: a commit (three syncs, 20-65 ms each on a busy
+disk) frees nothing until it returns. With slots freed only at commit, the
+ring held every frame between copy and commit and capped the rate well
+below the disk's. A slot is free as soon as its frame's write returned; the
+frame's metadata stays until the journal has it (`read_cursor`), in the
+table that the worker keeps at most `n_entries - n_slots` ahead of it
+(`freed_cursor - read_cursor <= n_entries - n_slots`), so `seq - freed_cursor <
+n_slots` also keeps every metadata entry not yet journalled. A replacement
+worker adopts the frames in [read_cursor, freed_cursor): their pixels and
+IFDs are in the file, at the positions their entries give, and their slots
+may hold later frames already; it commits them without reading a slot.
+
+Each cursor is an aligned 8-byte word with a single writer, so no lock is
+needed. A word `wake_at` tells the producer that the worker waits on its
+pipe, and from which frame on it wants the doorbell (see `Stream.write`).
 
 Ordering: pixels are copied before `write_cursor` moves. On x86-64 stores
 become visible in program order, so a worker that sees the cursor sees the
@@ -52,25 +70,41 @@ import numpy as np
 
 PAGE = 4096
 MAGIC = 0x4D45534F52494E47  # "MESORING", first word of every block and region
-RING_VERSION = 4
+RING_VERSION = 5
 DEFAULT_METADATA_BYTES = 32 * 1024
 MAX_SLOTS = 4096
 # The largest metadata a frame may carry is `metadata_bytes` less this (the
 # head a slot kept before ring version 4: the limit users saw stays the same).
 _META_HEAD = 16
-# A metadata table entry: place in the metadata area, length, stream index.
+# A metadata table entry: place in the metadata area, length, stream index
+# (the producer's), then the frame's file position (the worker's, set once
+# its write returned: see `FrameRing.set_positions`).
 _META_ENTRY = struct.Struct("<QQQ")
+_POSITION = struct.Struct("<Q")
+_ENTRY_BYTES = _META_ENTRY.size + _POSITION.size
+# Metadata entries per pixel slot: a frame's metadata outlives its slot
+# until the journal has it (see the module docstring). Only for frames of at
+# least EARLY_FREE_RATIO times the largest metadata: the area is reserved for
+# the largest, so small frames would trade half their slots for a disk speed
+# they never need (one entry per slot: slots are freed at commit).
+ENTRIES_PER_SLOT = 2
+EARLY_FREE_RATIO = 8
 
 # Header words (uint64 indices into a region's header page): constants, the
 # worker's words, the producer's words, each group on a 64-byte cache line of
 # its own, so that a frame's stores do not take the line the worker writes.
 _MAGIC, _VERSION, _NSLOTS, _STRIDE, _FRAME_NBYTES = 0, 1, 2, 3, 4
 _META_CAP, _DATA_OFFSET, _META_OFFSET = 5, 6, 7
-_READ, _BYTES_WRITTEN, _WAKE_AT = 8, 9, 10
+_READ, _BYTES_WRITTEN, _WAKE_AT, _FREED = 8, 9, 10, 11
 _WRITE, _RECEIVED = 16, 17
 _HEADER_WORDS = 24
 # The words `Stream.write` reads and sets itself, through `FrameRing.words`.
-WRITE_WORD, READ_WORD, RECEIVED_WORD, WAKE_AT_WORD = _WRITE, _READ, _RECEIVED, _WAKE_AT
+WRITE_WORD, FREED_WORD, RECEIVED_WORD, WAKE_AT_WORD = (
+    _WRITE,
+    _FREED,
+    _RECEIVED,
+    _WAKE_AT,
+)
 
 
 # CPUs whose stores other cores see in program order (total store order).
@@ -100,6 +134,12 @@ class RingLayout(msgspec.Struct, frozen=True):
     metadata_bytes: int
     shape: tuple[int, ...]
     dtype: str
+    n_entries: int  # metadata entries: n_slots, or more (slots freed early)
+
+    @property
+    def early_free(self) -> int:
+        """How far `freed_cursor` may run ahead of `read_cursor`."""
+        return self.n_entries - self.n_slots
 
     @property
     def slot_stride(self) -> int:
@@ -107,13 +147,13 @@ class RingLayout(msgspec.Struct, frozen=True):
 
     @property
     def metadata_offset(self) -> int:
-        return PAGE + round_up(self.n_slots * _META_ENTRY.size)
+        return PAGE + round_up(self.n_entries * _ENTRY_BYTES)
 
     @property
     def metadata_area_bytes(self) -> int:
-        """Room for a full ring of the largest metadata, and the one gap
+        """Room for a full table of the largest metadata, and the one gap
         left where the area starts over (see `FrameRing.put_metadata`)."""
-        return (self.n_slots + 1) * self.metadata_bytes
+        return (self.n_entries + 1) * self.metadata_bytes
 
     @property
     def data_offset(self) -> int:
@@ -138,7 +178,10 @@ class RingLayout(msgspec.Struct, frozen=True):
             raise ValueError(f"frame shape {shape} holds no pixels")
         if metadata_bytes < 1024:
             raise ValueError("metadata_bytes must be at least 1024")
-        per_slot = frame_nbytes + metadata_bytes + _META_ENTRY.size
+        entries = (
+            ENTRIES_PER_SLOT if frame_nbytes >= EARLY_FREE_RATIO * metadata_bytes else 1
+        )
+        per_slot = frame_nbytes + entries * (metadata_bytes + _ENTRY_BYTES)
         n_slots = min(max_slots, (ring_bytes - 4 * PAGE - metadata_bytes) // per_slot)
         if n_slots < 2:
             raise ValueError(
@@ -161,6 +204,7 @@ class RingLayout(msgspec.Struct, frozen=True):
             metadata_bytes=metadata_bytes,
             shape=tuple(int(s) for s in shape),
             dtype=dtype.str,
+            n_entries=int(n_slots) * entries,
         )
 
 
@@ -281,6 +325,7 @@ class FrameRing:
         self.words: memoryview = region[: _HEADER_WORDS * 8].cast("Q")
         self._dtype = np.dtype(layout.dtype)
         self.n_slots = layout.n_slots
+        self.n_entries = layout.n_entries
         self.stride = layout.slot_stride
         self._data = layout.data_offset
         self._meta_table = PAGE
@@ -365,6 +410,16 @@ class FrameRing:
         self.words[_READ] = value
 
     @property
+    def freed_cursor(self) -> int:
+        """Frames whose slots are free: written to the file, maybe not
+        yet committed (at most `n_slots` ahead of `read_cursor`)."""
+        return self.words[_FREED]
+
+    @freed_cursor.setter
+    def freed_cursor(self, value: int) -> None:
+        self.words[_FREED] = value
+
+    @property
     def received(self) -> int:
         """Frames the producer was handed (written or dropped)."""
         return self.words[_RECEIVED]
@@ -406,8 +461,10 @@ class FrameRing:
 
         Producer side. Each frame's bytes follow the last frame's, so that a
         run of small metadata fills a few pages, not a page per frame. The
-        area holds `n_slots + 1` of the largest: the frames not yet committed
-        (at most `n_slots`, this one included) and the one gap left where the
+        area holds `n_entries + 1` of the largest: the frames not yet
+        committed (at most `n_entries`, this one included, since the producer
+        stays under `n_slots` past `freed_cursor` and the worker keeps that
+        under `n_slots` past `read_cursor`) and the one gap left where the
         area starts over, so no frame's bytes reach those of a frame not yet
         committed.
         """
@@ -423,7 +480,7 @@ class FrameRing:
         buf[start : start + n] = data
         _META_ENTRY.pack_into(
             buf,
-            self._meta_table + (seq % self.n_slots) * _META_ENTRY.size,
+            self._meta_table + (seq % self.n_entries) * _ENTRY_BYTES,
             at,
             n,
             index,
@@ -436,12 +493,31 @@ class FrameRing:
         buf = self._buf
         assert buf is not None
         at, n, index = _META_ENTRY.unpack_from(
-            buf, self._meta_table + (seq % self.n_slots) * _META_ENTRY.size
+            buf, self._meta_table + (seq % self.n_entries) * _ENTRY_BYTES
         )
         at = min(at, self._meta_size)
         n = min(n, self._meta_max, self._meta_size - at)
         start = self._meta_area + at
         return index, bytes(buf[start : start + n])
+
+    def set_positions(self, first: int, positions: list[int]) -> None:
+        """Worker side: the file positions of frames first.. (their writes
+        returned), before `freed_cursor` passes them, for a replacement."""
+        buf = self._buf
+        assert buf is not None
+        table, n, at = self._meta_table, self.n_entries, _META_ENTRY.size
+        for seq, pos in enumerate(positions, first):
+            _POSITION.pack_into(buf, table + (seq % n) * _ENTRY_BYTES + at, pos)
+
+    def positions(self, first: int, stop: int) -> list[int]:
+        """The file positions `set_positions` gave frames first..stop-1."""
+        buf = self._buf
+        assert buf is not None
+        table, n, at = self._meta_table, self.n_entries, _META_ENTRY.size
+        return [
+            _POSITION.unpack_from(buf, table + (seq % n) * _ENTRY_BYTES + at)[0]
+            for seq in range(first, stop)
+        ]
 
     def span(self, first: int, count: int) -> memoryview:
         """The slots of frames first..first+count-1, back to back.

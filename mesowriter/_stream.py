@@ -36,7 +36,7 @@ from mesowriter._report import (
     dropped_from,
 )
 from mesowriter._ring import (
-    READ_WORD,
+    FREED_WORD,
     RECEIVED_WORD,
     STORES_IN_ORDER,
     WAKE_AT_WORD,
@@ -158,13 +158,13 @@ class Stream:
                         f"and dtype {self._dtype}",
                     )
                 meta = self._encoder.encode(metadata)
-                read = words[READ_WORD]
-                if seq - read >= ring.n_slots:
+                freed = words[FREED_WORD]
+                if seq - freed >= ring.n_slots:
                     if self.policy == "drop":
                         self._drop("ring_full", index)
                         return False
                     self._wait_for_space(seq)
-                    read = words[READ_WORD]
+                    freed = words[FREED_WORD]
                 np.copyto(ring.pixels(seq), arr, casting="equiv")
                 if not ring.put_metadata(seq, index, meta):
                     self._truncated.append(index)
@@ -178,8 +178,8 @@ class Stream:
                     failed = isinstance(exc, WriterError) and self._error is not None
                     self._drop("stream_error" if failed else "interrupted", index)
                 raise
-            if seq + 1 - read > self._high_water:
-                self._high_water = seq + 1 - read
+            if seq + 1 - freed > self._high_water:
+                self._high_water = seq + 1 - freed
             if self._t_first is None:
                 self._t_first = time.perf_counter()
             if not STORES_IN_ORDER:  # the pipe orders the stores: every frame
@@ -241,11 +241,11 @@ class Stream:
         t0 = time.perf_counter()
         self._blocked_events += 1
         try:
-            while seq - ring.read_cursor >= ring.n_slots:
+            while seq - ring.freed_cursor >= ring.n_slots:
                 if self._error is not None:
                     raise self._failure()
                 self._space.clear()
-                if seq - ring.read_cursor < ring.n_slots:
+                if seq - ring.freed_cursor < ring.n_slots:
                     break
                 self.worker.send(m.WantSpace(self.spec.stream_id, seq))
                 self._space.wait()
@@ -269,7 +269,7 @@ class Stream:
         """Fraction of ring slots holding frames not yet written."""
         if self._closed.is_set():
             return 0.0
-        return (self._published - self._ring.read_cursor) / self._ring.n_slots
+        return (self._published - self._ring.freed_cursor) / self._ring.n_slots
 
     @property
     def frames_dropped(self) -> int:

@@ -8,11 +8,13 @@
       copy pixels -> ring slot  ===shm===>     StreamRunner.pump()
       meta JSON   -> ring meta  ===shm===>       sink.submit(batch)  several
       write_cursor += 1                            writes in flight (threads)
-      Doorbell ----------------pipe------->      sink.collect(): a commit
-        (only to a sleeping worker, once           (sync, link, header block)
-         a wake-up's worth waits to be             on the committer thread
-         written; a worker with streams          its journal lines + sync
-         also wakes itself)                      read_cursor += n  (slot free)
+      Doorbell ----------------pipe------->      sink.collect(): writes that
+        (only to a sleeping worker, once           returned: freed_cursor += n
+         a wake-up's worth waits to be             (slot free), then a commit
+         written; a worker with streams            (sync, link, header block)
+         also wakes itself)                        on the committer thread
+                                                 its journal lines + sync
+                                                 read_cursor += n (metadata)
       (full ring) WantSpace ---pipe------->      ... Space once a slot is free
       CloseStream(+ producer figures) ---->      drain, finalise, sidecar,
                                                  report, journal removed
@@ -21,9 +23,12 @@
 
 Durable order per commit: pixels and IFDs synced, then links, header block
 and description (the sink), then the journal lines and their sync, then the
-ring's read cursor. At close: the file is finalised and that made durable,
-then the sidecar, then the report, and only then is the journal removed; a
-replacement worker that finds the file finalised reports what is there.
+ring's read cursor. A slot is freed earlier, once its write returned (a
+process that dies no longer matters to those bytes; a power cut takes the
+ring too): a replacement adopts the frames between the two cursors. At
+close: the file is finalised and that made durable, then the sidecar, then
+the report, and only then is the journal removed; a replacement worker that
+finds the file finalised reports what is there.
 
 A worker never calls MMCore and never sees a pickled pixel. It exits when
 told to, or finishes what the rings hold and exits when its parent dies.
@@ -129,7 +134,9 @@ class StreamRunner:
 
             self.journal = PowerCutJournal(self.journal)  # type: ignore[assignment]
         self.committed = self.ring.read_cursor
-        self.next = self.committed
+        # Frames up to freed_cursor are in the file already (adopted on a
+        # resume): the slots may hold later frames, so they are never read.
+        self.next = max(self.committed, self.ring.freed_cursor)
         # Batches and commits sized to the ring: several batches in flight
         # and a commit due well before the ring fills, whatever its size.
         data = self.ring.n_slots * self.ring.stride
@@ -181,14 +188,16 @@ class StreamRunner:
     def _resume(self) -> None:
         """Take over a stream whose worker died: never truncate, never
         rewrite what is committed; a finalised file is only reported."""
-        committed = self.ring.read_cursor
+        ring = self.ring
+        committed = ring.read_cursor
         jpath = journal_path(self.spec.path)
         positions: list[int] = []
         if os.path.exists(jpath):
             _, records, _ = scan(jpath)
             positions = [k for _, k, _ in records[:committed]]
+        written = ring.positions(committed, max(committed, ring.freed_cursor))
         try:
-            self.sink.open(ResumeState(committed, positions))
+            self.sink.open(ResumeState(committed, positions, written))
         except SinkFinalised as done:
             with suppress(Exception):
                 self.sink.abort()  # its lock and threads: nothing to write
@@ -205,6 +214,11 @@ class StreamRunner:
                 f"keeps them: `mesowriter recover {self.spec.path}`"
             )
         self.resumed_from = committed
+        if written:
+            self.notes.append(
+                f"a replacement worker adopted {len(written)} frames the first "
+                "had written and not committed"
+            )
         # The first worker may have died before its settle: this one makes
         # file, journal and names durable before its first commit.
         self._unsettled = True
@@ -237,9 +251,24 @@ class StreamRunner:
         t0 = time.perf_counter()
         try:
             progress = self._submit() | self._collect()
+            self._free_written()
         finally:
             self.write_seconds += time.perf_counter() - t0
         return progress
+
+    def _free_written(self) -> None:
+        """Free the slots of frames whose writes returned, their file
+        positions first (what a replacement adopts), no further past the
+        last commit than the ring keeps metadata (it stays until
+        journalled; see _ring)."""
+        written = self.sink.written_uncommitted()
+        ring, committed = self.ring, self.committed
+        stop = committed + min(len(written), ring.layout.early_free)
+        freed = ring.freed_cursor
+        if stop > freed:
+            ring.set_positions(freed, written[freed - committed : stop - committed])
+            ring.freed_cursor = stop
+            self.faults.after_free(committed, stop)
 
     def _submit(self) -> bool:
         ring, sink = self.ring, self.sink
@@ -338,6 +367,8 @@ class StreamRunner:
         self.journal.sync()
         self.committed = first + n
         ring.bytes_written = ring.bytes_written + n * ring.layout.frame_nbytes
+        if ring.freed_cursor < self.committed:  # a sink that frees at commit
+            ring.freed_cursor = self.committed
         ring.read_cursor = self.committed
         self.faults.after_commit(first, self.committed)
 
@@ -781,7 +812,7 @@ class Worker:
         if (
             runner is None
             or runner.done
-            or (seq - runner.ring.read_cursor < runner.ring.n_slots)
+            or (seq - runner.ring.freed_cursor < runner.ring.n_slots)
         ):
             del self.wants[sid]
             self.send(m.Space(sid))

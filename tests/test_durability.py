@@ -106,7 +106,7 @@ def test_a_worker_killed_after_finalising_is_not_followed_by_a_rewrite(
     # written; the replacement writes it from the journal left behind.
     shape = (64, 64)
     path = tmp_path / "finished.ome.tiff"
-    ring_bytes = 25 * (64 * 64 * 2 + 32 * 1024 + 24) + 4 * 4096 + 32 * 1024
+    ring_bytes = 25 * (64 * 64 * 2 + 32 * 1024 + 32) + 4 * 4096 + 32 * 1024
     with WriterService(ring_bytes=ring_bytes) as svc:
         stream = svc.open_stream(
             path, shape=shape, dtype="uint16", frames=300, _fault=fault

@@ -14,9 +14,9 @@ import pytest
 
 from mesowriter._pool import RingPool
 from mesowriter._ring import (
+    FREED_WORD,
     MAGIC,
     PAGE,
-    READ_WORD,
     RECEIVED_WORD,
     WAKE_AT_WORD,
     WRITE_WORD,
@@ -38,23 +38,30 @@ def _ring_in(block: SharedBlock, layout: RingLayout, offset: int = PAGE) -> Fram
     return FrameRing.create(placed, block)
 
 
-def test_metadata_of_frames_in_flight_survives_every_size_and_lap() -> None:
+@pytest.mark.parametrize(("shape", "entries"), [((4, 4), 1), ((64, 64), 2)])
+def test_metadata_of_frames_in_flight_survives_every_size_and_lap(
+    shape: tuple[int, int], entries: int
+) -> None:
     """Metadata is packed one frame after the other and starts over at the
-    area's end: with the ring full of frames not yet committed, each of any
-    size up to the largest, no frame's metadata is ever overwritten."""
+    area's end: with the table full of frames not yet committed (for large
+    frames twice the slots: a slot is freed once written, its metadata kept
+    until journalled), each of any size up to the largest, no frame's
+    metadata is ever overwritten."""
+    frame = shape[0] * shape[1] * 2
     layout = RingLayout.plan(
-        ring_bytes=64 * (4 * 4 * 2 + 1024 + 24) + 8 * PAGE,
-        shape=(4, 4),
+        ring_bytes=64 * (frame + entries * (1024 + 32)) + 8 * PAGE,
+        shape=shape,
         dtype=np.dtype("uint16"),
         metadata_bytes=1024,
     )
+    assert layout.n_entries == entries * layout.n_slots and layout.n_slots >= 64
     block = SharedBlock.create(layout.region_bytes + PAGE)
     ring = _ring_in(block, layout)
     rng = np.random.default_rng(7)
     largest = layout.metadata_bytes - 16
     try:
-        n = ring.n_slots
-        assert n >= 8
+        n = ring.n_entries
+        assert n == ring.layout.n_entries and ring.n_slots >= 8
         # Runs of the largest, each after a first frame of another size, so
         # that the area starts over at every offset; then sizes at random.
         sizes = [
@@ -80,7 +87,7 @@ def test_metadata_of_frames_in_flight_survives_every_size_and_lap() -> None:
 def test_the_producers_and_the_workers_words_share_no_cache_line() -> None:
     line = 64 // 8
     producer = {WRITE_WORD // line, RECEIVED_WORD // line}
-    worker = {READ_WORD // line, WAKE_AT_WORD // line}
+    worker = {FREED_WORD // line, WAKE_AT_WORD // line}
     assert len(producer) == 1 and not producer & worker
     layout = _layout()
     block = SharedBlock.create(layout.region_bytes + PAGE)
@@ -276,7 +283,7 @@ def test_a_worker_whose_layout_is_larger_gets_the_layout_error(
         monkeypatch.setattr(
             RingLayout,
             "metadata_area_bytes",
-            property(lambda self: (self.n_slots + 2) * self.metadata_bytes),
+            property(lambda self: (self.n_entries + 2) * self.metadata_bytes),
         )
         with pytest.raises(RuntimeError, match="laid out by other code"):
             FrameRing.attach(ring.layout, block)

@@ -8,9 +8,12 @@ registry (`mesowriter.sinks`), never a sink module.
 
 A sink object lives inside a writer worker. The worker hands it batches of
 consecutive frames still sitting in the shared-memory ring (no copy has been
-made), in order; writes may stay in flight after `submit` returns. A frame
-is *committed* once it is durable and visible in the file; the worker then
-journals it and frees its ring slot. `close` comes once, after `drain`.
+made), in order; writes may stay in flight after `submit` returns. A sink
+that says which frames are *written* (`written_uncommitted`: the write
+returned, the slot is never read again) has their slots freed at once. A
+frame is *committed* once it is durable and visible in the file; the worker
+then journals it (and frees its slot, if that waited). `close` comes once,
+after `drain`.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class ResumeState:
 
     committed: int  # frames committed (durable), acquisition order
     positions: list[int] = field(default_factory=list)  # their file positions
+    # Frames after those, written by the worker that died (the writes
+    # returned) but not committed: their file positions, in order. Their
+    # slots may hold later frames: the sink adopts them, never rewrites.
+    written: list[int] = field(default_factory=list)
 
 
 class SinkFinalised(RuntimeError):
@@ -184,6 +191,14 @@ class Sink(abc.ABC):
 
     def in_flight(self) -> bool:
         return False
+
+    def written_uncommitted(self) -> list[int]:
+        """File positions of the frames after the committed ones whose
+        writes returned, in order: their pixels are in the file and their
+        slots will not be read again, even if a later write fails (the
+        caller must not change the list). A sink that keeps reading slots
+        until commit says none (the default)."""
+        return []
 
     def wait_for_writes(self, timeout: float | None) -> None:  # noqa: B027
         """Block until a write in flight finishes (or `timeout`)."""

@@ -192,6 +192,9 @@ class TiffSink(Sink):
         self._overflow = 0  # ImageJ positions handed out past the hyperstack
         self._assigned = 0  # frames given a position (submitted)
         self._inflight: set[int] = set()  # positions submitted, not committed
+        # Positions of the frames harvested (writes returned) and not yet
+        # committed, in order: the job's, then the completed batches'.
+        self._written: list[int] = []
         self._reserved = 0  # bytes reserved on disk from offset 0
         self._desc0: tuple[int, int] | None = PROVISIONAL
         self._on_io: Any = None
@@ -325,7 +328,8 @@ class TiffSink(Sink):
             (p + 1 - images for p in positions if p >= images), default=0
         )
         st.prefix = self._prefix_after([])
-        # Relink exactly the durable prefix: a frame past it is written again.
+        # Relink exactly the durable prefix: a frame past it is written again,
+        # unless the worker that died had written it (adopted below).
         if st.prefix:
             self._link(0, st.prefix)
             self._write_header_pointer()
@@ -333,6 +337,42 @@ class TiffSink(Sink):
         f.sync()
         st.declared = -1
         self._write_description(st.prefix)
+        self._adopt(resume.written)
+
+    def _adopt(self, written: list[int]) -> None:
+        """Take the frames the dead worker wrote and did not commit as
+        written by this sink (pixels and unlinked IFDs are in the file, at
+        `written`): the next commit syncs and links them. Their ring slots
+        may hold later frames already, so nothing is read from them."""
+        if not written:
+            return
+        limit = self.geo.data_end(max(written) + 1)
+        if limit > self._reserved:
+            raise RuntimeError(
+                f"{self.spec.path}: frames to adopt lie past the file's end "
+                f"({limit} > {self._reserved} bytes)"
+            )
+        st = self.state
+        if self.reordered:
+            if len(set(written)) != len(written) or any(
+                self._is_written_or_pending(p) for p in written
+            ):
+                raise RuntimeError(
+                    f"{self.spec.path}: frames to adopt repeat file positions"
+                )
+            self._inflight.update(written)
+            images = self.plan.images if self.plan is not None else 0
+            self._overflow = max(self._overflow, max(p + 1 - images for p in written))
+        elif written != list(range(st.committed, st.committed + len(written))):
+            raise RuntimeError(
+                f"{self.spec.path}: frames to adopt are not the next positions"
+            )
+        self._assigned += len(written)
+        st.top = max(st.top, max(written) + 1)
+        nbytes = len(written) * self.geo.frame_nbytes
+        done = _Pending(list(written), [], nbytes, done_at=time.monotonic())
+        self._completed.append(done)
+        self._written = list(written)
 
     # -- frames ------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -612,6 +652,12 @@ class TiffSink(Sink):
     def in_flight(self) -> bool:
         return bool(self._pending or self._completed or self._job)
 
+    def written_uncommitted(self) -> list[int]:
+        """Frames harvested, not committed: pixels and IFDs are in the file
+        (never read from the ring again: a failure later commits them or
+        stops the stream)."""
+        return self._written
+
     def wait_for_writes(self, timeout: float | None) -> None:
         """Block until the oldest write (or the commit) in flight finishes,
         or `timeout`."""
@@ -654,6 +700,7 @@ class TiffSink(Sink):
                 self._fail_batch(head, error)
             head.done_at = now
             self._completed.append(head)
+            self._written += head.positions
         out = self._finish_commit(wait=force)
         if self._job is not None or not self._completed:
             return out
@@ -727,6 +774,7 @@ class TiffSink(Sink):
             self._inflight.difference_update(p.positions)
         self._completed.clear()
         self._pending.clear()
+        self._written = []
         self._assigned = self.state.committed
         self._carry = b""
 
@@ -819,6 +867,7 @@ class TiffSink(Sink):
         for pos in job.positions:
             self._mark(pos)
         self._inflight.difference_update(job.positions)
+        del self._written[: len(job.positions)]
         st.committed, st.prefix = job.committed, job.prefix
         st.declared = job.prefix
         return job.positions
