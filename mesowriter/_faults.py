@@ -12,10 +12,10 @@ normal use never reaches this code. Faults are written as
     die-unjournalled:N       the same, but after the commit that passes N
                              frames and before its journal lines: frames
                              durable in the file, yet not in the journal
-    die-written:N            the worker kills itself once the frame that
-                             passes N frames is written (its write returned,
-                             its slot freed) and not yet committed: a
-                             replacement must adopt what is in the file
+    die-written:N            the worker kills itself once N frames are
+                             written (their writes returned, their slots
+                             freed) and some of them are not yet committed:
+                             a replacement must adopt what is in the file
     die-in-open              the worker kills itself once it created the file
                              and the journal, before it answers the open
     die-after-finalise       the worker kills itself once the file is final,
@@ -117,10 +117,11 @@ class Faults:
             _die()
 
     def after_free(self, committed: int, freed: int) -> None:
-        """Die once slots up to `freed` are free and the mark is among the
-        frames written but not committed."""
+        """Die once slots up to `freed` are free, past the mark, with frames
+        written and not committed (a commit may carry the freed cursor past
+        the mark itself: the next early free then counts)."""
         mark = self.die_written
-        if mark is not None and committed < mark <= freed:
+        if mark is not None and committed < freed and mark <= freed:
             _die()
 
     def after_commit(self, before: int, written: int) -> None:

@@ -367,9 +367,12 @@ class StreamRunner:
         self.journal.sync()
         self.committed = first + n
         ring.bytes_written = ring.bytes_written + n * ring.layout.frame_nbytes
-        if ring.freed_cursor < self.committed:  # a sink that frees at commit
-            ring.freed_cursor = self.committed
+        # The read cursor first: frames below the freed cursor and past the
+        # read cursor must have their positions in the table (a replacement
+        # adopts them), and these may not (a sink that frees at commit).
         ring.read_cursor = self.committed
+        if ring.freed_cursor < self.committed:
+            ring.freed_cursor = self.committed
         self.faults.after_commit(first, self.committed)
 
     def due(self, published: int) -> bool:

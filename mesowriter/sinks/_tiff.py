@@ -458,16 +458,27 @@ class TiffSink(Sink):
 
     def _ensure_room(self, top: int) -> list[int]:
         """Reserve disk for positions < top and keep the tail extent past them."""
-        f = self.file
-        assert f is not None
         geo = self.geo
-        end = geo.data_end(top)
         committed: list[int] = []
         if top > geo.front_capacity:
             if not self.tail:
                 committed = self._relocate_tail(geo.grown_tail(top, 0))
             elif top > geo.tail_reserve(self.tail):
                 committed = self._relocate_tail(geo.grown_tail(top, self.tail))
+        try:
+            self._reserve_room(top)
+        except Exception as exc:
+            if not committed:
+                raise
+            # The relocation committed what was in flight: say so.
+            raise BatchFailed(committed, 0, 0, as_oserror(exc)) from exc
+        return committed
+
+    def _reserve_room(self, top: int) -> None:
+        """Reserve disk for positions < top, ahead by GROW_BYTES."""
+        f = self.file
+        assert f is not None
+        end = self.geo.data_end(top)
         if self.spec.frames is None or top > self.spec.frames:
             want = round_up(end + GROW_BYTES)
             if self._reserved < end:
@@ -480,7 +491,6 @@ class TiffSink(Sink):
                     # A nearly full disk: room for this batch only.
                     f.reserve(self._reserved, round_up(end) - self._reserved)
                     self._reserved = round_up(end)
-        return committed
 
     def _relocate_tail(self, new_tail: int) -> list[int]:
         """Move the tail extent past the data that is about to grow into it.
@@ -655,8 +665,12 @@ class TiffSink(Sink):
     def written_uncommitted(self) -> list[int]:
         """Frames harvested, not committed: pixels and IFDs are in the file
         (never read from the ring again: a failure later commits them or
-        stops the stream)."""
-        return self._written
+        stops the stream). Only for direct writes, whose errors come back
+        from the write itself: a cached write's error comes at the next sync
+        or flush, which may be a dead worker's, and a replacement that
+        adopted the frames would sync over the lost pages."""
+        f = self.file
+        return self._written if f is not None and f.direct else []
 
     def wait_for_writes(self, timeout: float | None) -> None:
         """Block until the oldest write (or the commit) in flight finishes,
