@@ -21,8 +21,8 @@ replacement worker can resume from it alone::
                       consecutive bytes and a batch is one buffer
 
 Frame `seq` has its pixels in slot `seq % n_slots` and its metadata in entry
-`seq % n_entries` (twice as many entries as slots for large frames, as many
-for small ones: see EARLY_FREE_RATIO). The producer (the
+`seq % n_entries` (up to four times as many entries as slots for large
+frames, as many for small ones: see `entries_per_slot`). The producer (the
 acquisition process) only ever advances `write_cursor` and `received`; the
 worker only ever advances `freed_cursor` and `read_cursor`. A slot is free
 for frame `seq` once `seq - freed_cursor < n_slots`.
@@ -83,12 +83,25 @@ _META_ENTRY = struct.Struct("<QQQ")
 _POSITION = struct.Struct("<Q")
 _ENTRY_BYTES = _META_ENTRY.size + _POSITION.size
 # Metadata entries per pixel slot: a frame's metadata outlives its slot
-# until the journal has it (see the module docstring). Only for frames of at
-# least EARLY_FREE_RATIO times the largest metadata: the area is reserved for
-# the largest, so small frames would trade half their slots for a disk speed
-# they never need (one entry per slot: slots are freed at commit).
-ENTRIES_PER_SLOT = 2
+# until the journal has it (see the module docstring), so written frames may
+# run up to (entries - 1) rings past the last commit. One more entry per
+# EARLY_FREE_RATIO times the largest metadata in a frame, up to
+# MAX_ENTRIES_PER_SLOT: the area is reserved for the largest, so a small
+# frame would trade many of its slots for a disk speed it never needs (one
+# entry per slot: slots are freed at commit), while a 2048x2048 frame pays
+# 1.5% for four. Why four: a commit here takes about 220 ms (three syncs),
+# and the frames harvested during one wait for the next, so at 2.3 GB/s two
+# entries per slot (1 GiB past the commit, with a 1 GiB ring) still held
+# the producer for whole commits (waits of 200 ms in every run of bench a).
 EARLY_FREE_RATIO = 8
+MAX_ENTRIES_PER_SLOT = 4
+
+
+def entries_per_slot(frame_nbytes: int, metadata_bytes: int) -> int:
+    """Metadata entries per pixel slot for frames of this size."""
+    extra = frame_nbytes // (EARLY_FREE_RATIO * metadata_bytes)
+    return 1 + min(MAX_ENTRIES_PER_SLOT - 1, extra)
+
 
 # Header words (uint64 indices into a region's header page): constants, the
 # worker's words, the producer's words, each group on a 64-byte cache line of
@@ -178,9 +191,7 @@ class RingLayout(msgspec.Struct, frozen=True):
             raise ValueError(f"frame shape {shape} holds no pixels")
         if metadata_bytes < 1024:
             raise ValueError("metadata_bytes must be at least 1024")
-        entries = (
-            ENTRIES_PER_SLOT if frame_nbytes >= EARLY_FREE_RATIO * metadata_bytes else 1
-        )
+        entries = entries_per_slot(frame_nbytes, metadata_bytes)
         per_slot = frame_nbytes + entries * (metadata_bytes + _ENTRY_BYTES)
         n_slots = min(max_slots, (ring_bytes - 4 * PAGE - metadata_bytes) // per_slot)
         if n_slots < 2:
@@ -412,7 +423,7 @@ class FrameRing:
     @property
     def freed_cursor(self) -> int:
         """Frames whose slots are free: written to the file, maybe not
-        yet committed (at most `n_slots` ahead of `read_cursor`)."""
+        yet committed (at most `layout.early_free` ahead of `read_cursor`)."""
         return self.words[_FREED]
 
     @freed_cursor.setter

@@ -38,14 +38,16 @@ def _ring_in(block: SharedBlock, layout: RingLayout, offset: int = PAGE) -> Fram
     return FrameRing.create(placed, block)
 
 
-@pytest.mark.parametrize(("shape", "entries"), [((4, 4), 1), ((64, 64), 2)])
+@pytest.mark.parametrize(
+    ("shape", "entries"), [((4, 4), 1), ((64, 64), 2), ((64, 128), 3), ((256, 256), 4)]
+)
 def test_metadata_of_frames_in_flight_survives_every_size_and_lap(
     shape: tuple[int, int], entries: int
 ) -> None:
     """Metadata is packed one frame after the other and starts over at the
     area's end: with the table full of frames not yet committed (for large
-    frames twice the slots: a slot is freed once written, its metadata kept
-    until journalled), each of any size up to the largest, no frame's
+    frames up to four times the slots: a slot is freed once written, its
+    metadata kept until journalled), each of any size up to the largest, no frame's
     metadata is ever overwritten."""
     frame = shape[0] * shape[1] * 2
     layout = RingLayout.plan(

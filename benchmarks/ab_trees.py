@@ -1,0 +1,142 @@
+"""A/B of mesowriter source trees against fio, alternated in one run.
+
+    git archive <commit> | tar -x -C /tmp/old     (and the same for /tmp/new)
+    python -m benchmarks.ab_trees --dir /scratch --rounds 6 \\
+        old=/tmp/old:4 new=/tmp/new:4 new8=/tmp/new:8
+
+Each variant is NAME=TREE:WRITE_DEPTH. A round runs fio (io_uring, 16 x 64
+MiB in flight, fsync at the end: bench (a)'s likely ceiling), then each
+variant followed by fio again, in an order rotated every round; a variant's
+ratio is its GB/s over the mean of the fio runs right before and after it.
+Each variant runs in a process of its own with PYTHONPATH=TREE, so its
+writer processes import that tree's code. This machine's disk swings 2x
+from minute to minute; only the ratios to the neighbouring fio runs, over
+several rounds, say anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks._raw import fio_write
+from benchmarks.suite import tiff_reserved_bytes
+
+SHAPE = (2048, 2048)
+
+
+def _one(args: argparse.Namespace) -> int:
+    """Run inside the variant's process: one stream, print its figures."""
+    import mesowriter
+    from benchmarks._producer import Producer, StreamJob
+
+    frames = _frames(args.gib)
+    path = os.path.join(args.dir, "ab.ome.tiff")
+    with Producer(args.ring_mib << 20) as producer:
+        try:
+            r = producer.stream(StreamJob(path, SHAPE, frames, write_depth=args.depth))
+        finally:
+            for suffix in ("", "_frame_metadata.json", "_report.json"):
+                Path(path + suffix).unlink(missing_ok=True)
+    rep = r["report"]
+    figures = {
+        "gbps": r["gbps"],
+        "blocked_seconds": rep["blocked_seconds"],
+        "commits": rep["sink"].get("commits"),
+        "frames_written": rep["frames_written"],
+        "write_us_p99": round(r["write"]["us_p99"]),
+        "write_us_max": round(r["write"]["us_max"]),
+        "code": os.path.dirname(os.path.dirname(mesowriter.__file__)),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+def _frames(gib: float) -> int:
+    return int(gib * (1 << 30)) // (SHAPE[0] * SHAPE[1] * 2)
+
+
+def _fio(scratch: str, gib: float) -> float:
+    frames = _frames(gib)
+    path = Path(scratch) / "ab-fio.bin"
+    try:
+        return float(
+            fio_write(
+                path,
+                frames * SHAPE[0] * SHAPE[1] * 2,
+                block_bytes=64 << 20,
+                iodepth=16,
+                prealloc_bytes=tiff_reserved_bytes(SHAPE, frames),
+            )["gbps"]
+        )
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _variant(text: str) -> tuple[str, str, int]:
+    name, _, rest = text.partition("=")
+    tree, _, depth = rest.rpartition(":")
+    if not name or not tree or not depth.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: want NAME=TREE:WRITE_DEPTH")
+    return name, tree, int(depth)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variants", nargs="*", type=_variant)
+    ap.add_argument("--dir", required=True, help="scratch folder on the disk")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--gib", type=float, default=8.0)
+    ap.add_argument("--ring-mib", type=int, default=1024)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--depth", type=int, default=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        return _one(args)
+    if not args.variants:
+        ap.error("give at least one NAME=TREE:WRITE_DEPTH")
+    ratios: dict[str, list[float]] = {name: [] for name, _, _ in args.variants}
+    variants = list(args.variants)
+    for r in range(args.rounds):
+        k = r % len(variants)
+        before = _fio(args.dir, args.gib)
+        for name, tree, depth in variants[k:] + variants[:k]:
+            # As a script, from the scratch folder: the tree comes first on
+            # the path (for this process and the writer processes it spawns).
+            cmd = [sys.executable, os.path.abspath(__file__), "--one"]
+            cmd += ["--dir", args.dir, "--gib", str(args.gib)]
+            cmd += ["--ring-mib", str(args.ring_mib), "--depth", str(depth)]
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+            out = subprocess.run(
+                cmd, env=env, cwd=args.dir, capture_output=True, text=True
+            )
+            if out.returncode != 0:
+                print(f"round {r} {name}: failed\n{out.stderr[-2000:]}", flush=True)
+                continue
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            after = _fio(args.dir, args.gib)
+            ratio = 2 * figures["gbps"] / (before + after)
+            ratios[name].append(ratio)
+            print(
+                f"round {r} {name:8s} {figures['gbps']:.2f} GB/s, fio "
+                f"{before:.2f} / {after:.2f}: {ratio:.3f} {figures}",
+                flush=True,
+            )
+            before = after
+    for name, values in ratios.items():
+        if values:
+            print(
+                f"{name}: median {statistics.median(values):.3f} "
+                f"({min(values):.3f}-{max(values):.3f}), {len(values)} rounds"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
