@@ -28,19 +28,18 @@ from pathlib import Path
 from benchmarks._raw import fio_write
 from benchmarks.suite import tiff_reserved_bytes
 
-SHAPE = (2048, 2048)
-
 
 def _one(args: argparse.Namespace) -> int:
     """Run inside the variant's process: one stream, print its figures."""
     import mesowriter
     from benchmarks._producer import Producer, StreamJob
 
-    frames = _frames(args.gib)
+    shape = _shape(args.shape)
+    frames = _frames(args.gib, shape)
     path = os.path.join(args.dir, "ab.ome.tiff")
     with Producer(args.ring_mib << 20) as producer:
         try:
-            r = producer.stream(StreamJob(path, SHAPE, frames, write_depth=args.depth))
+            r = producer.stream(StreamJob(path, shape, frames, write_depth=args.depth))
         finally:
             for suffix in ("", "_frame_metadata.json", "_report.json"):
                 Path(path + suffix).unlink(missing_ok=True)
@@ -58,21 +57,26 @@ def _one(args: argparse.Namespace) -> int:
     return 0
 
 
-def _frames(gib: float) -> int:
-    return int(gib * (1 << 30)) // (SHAPE[0] * SHAPE[1] * 2)
+def _shape(text: str) -> tuple[int, int]:
+    height, _, width = text.partition("x")
+    return int(height), int(width)
 
 
-def _fio(scratch: str, gib: float) -> float:
-    frames = _frames(gib)
+def _frames(gib: float, shape: tuple[int, int]) -> int:
+    return int(gib * (1 << 30)) // (shape[0] * shape[1] * 2)
+
+
+def _fio(scratch: str, gib: float, shape: tuple[int, int]) -> float:
+    frames = _frames(gib, shape)
     path = Path(scratch) / "ab-fio.bin"
     try:
         return float(
             fio_write(
                 path,
-                frames * SHAPE[0] * SHAPE[1] * 2,
+                frames * shape[0] * shape[1] * 2,
                 block_bytes=64 << 20,
                 iodepth=16,
-                prealloc_bytes=tiff_reserved_bytes(SHAPE, frames),
+                prealloc_bytes=tiff_reserved_bytes(shape, frames),
             )["gbps"]
         )
     finally:
@@ -93,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dir", required=True, help="scratch folder on the disk")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--gib", type=float, default=8.0)
+    ap.add_argument("--shape", default="2048x2048", help="frame HEIGHTxWIDTH")
     ap.add_argument("--ring-mib", type=int, default=1024)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, default=4, help=argparse.SUPPRESS)
@@ -105,12 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = list(args.variants)
     for r in range(args.rounds):
         k = r % len(variants)
-        before = _fio(args.dir, args.gib)
+        shape = _shape(args.shape)
+        before = _fio(args.dir, args.gib, shape)
         for name, tree, depth in variants[k:] + variants[:k]:
             # As a script, from the scratch folder: the tree comes first on
             # the path (for this process and the writer processes it spawns).
             cmd = [sys.executable, os.path.abspath(__file__), "--one"]
-            cmd += ["--dir", args.dir, "--gib", str(args.gib)]
+            cmd += ["--dir", args.dir, "--gib", str(args.gib), "--shape", args.shape]
             cmd += ["--ring-mib", str(args.ring_mib), "--depth", str(depth)]
             env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
             out = subprocess.run(
@@ -120,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"round {r} {name}: failed\n{out.stderr[-2000:]}", flush=True)
                 continue
             figures = json.loads(out.stdout.strip().splitlines()[-1])
-            after = _fio(args.dir, args.gib)
+            after = _fio(args.dir, args.gib, shape)
             ratio = 2 * figures["gbps"] / (before + after)
             ratios[name].append(ratio)
             print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -431,3 +432,44 @@ def test_a_reservation_failing_after_a_tail_move_keeps_what_the_move_committed(
     _assert_file_holds(spec.path, total, shape)
     side = json.loads(Path(f"{spec.path}_frame_metadata.json").read_text("utf-8"))
     assert [m["i"] for m in side["p0"]] == list(range(total))
+
+
+def test_ifd_writes_never_take_a_pixel_writes_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's IFDs are buffered writes, which wait for the inode lock
+    while direct writes are in flight: on a pixel thread one kept a pixel
+    write waiting. They run on a thread of their own."""
+    import threading
+
+    shape, total = (64, 64), 60
+    layout, block, ring, spec = _setup(
+        tmp_path, shape, total, 1024, ring_bytes=20 * per_frame(shape)
+    )
+    try:
+        runner = _worker.StreamRunner(spec, layout, block, False, lambda _f: None)
+        runner.settle()
+        sink = runner.sink
+        f = sink.file  # type: ignore[attr-defined]
+        seen: dict[str, set[str]] = {"pixels": set(), "ifds": set()}
+        pwrite, put_all = f.pwrite, sink._put_all  # type: ignore[attr-defined]
+
+        def pixels(buf: Any, offset: int) -> int:
+            seen["pixels"].add(threading.current_thread().name)
+            return int(pwrite(buf, offset))
+
+        def ifds(writes: Any) -> int:
+            seen["ifds"].add(threading.current_thread().name)
+            return int(put_all(writes))
+
+        monkeypatch.setattr(f, "pwrite", pixels)
+        monkeypatch.setattr(sink, "_put_all", ifds)
+        report = _to_the_end(runner, ring, shape, total)
+    finally:
+        ring.close()
+        block.destroy()
+    assert report.frames_written == total, report.problems()
+    assert seen["pixels"] and seen["ifds"]
+    assert not seen["pixels"] & seen["ifds"], seen
+    assert all(name.startswith("mesowriter-io") for name in seen["pixels"]), seen
+    _assert_file_holds(spec.path, total, shape)

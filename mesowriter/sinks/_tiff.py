@@ -11,7 +11,9 @@ I/O). Other sizes are staged by this process into an aligned buffer that
 carries the partial last page forward to the next batch (one such batch in
 flight at a time, since two batches share that page). Several batches are in
 flight at once (`write_depth`), each on a thread around `pwrite`, which
-releases the GIL.
+releases the GIL; their IFDs go through the page cache on a thread of their
+own, so a buffered write waiting for the inode lock never holds a pixel
+write back.
 
 The durable order of one commit (a group of completed batches)::
 
@@ -178,6 +180,7 @@ class TiffSink(Sink):
         self._pending: deque[_Pending] = deque()
         self._completed: list[_Pending] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._ifd_writer: ThreadPoolExecutor | None = None
         self._committer: ThreadPoolExecutor | None = None
         self._job: _CommitJob | None = None  # the commit in flight
         self._broken: Exception | None = None  # a commit failed: no more
@@ -263,6 +266,7 @@ class TiffSink(Sink):
     def open(self, resume: ResumeState | None = None) -> None:
         spec = self.spec
         self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="mesowriter-io")
+        self._ifd_writer = ThreadPoolExecutor(1, thread_name_prefix="mesowriter-ifd")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="mesowriter-commit")
         if resume is not None:
             self._resume(resume)
@@ -413,11 +417,14 @@ class TiffSink(Sink):
             self._assigned -= len(positions)
             raise BatchFailed([], len(positions), 0, as_oserror(exc)) from exc
         futures, stage = self._write_pixels(batch, positions)
-        # The batch's IFDs, unlinked, on an I/O thread too: a buffered write
-        # to the file can wait for the direct writes in flight (ext4 takes
-        # the inode lock for it), which would stall the next batch here.
+        # The batch's IFDs, unlinked, on a thread of their own: a buffered
+        # write to the file can wait for the direct writes in flight (ext4
+        # takes the inode lock for it), which would stall the next batch
+        # here, and on a pixel thread it kept a pixel write waiting (1000x1000
+        # frames, 6 rounds against fio: 0.93 -> 1.00).
         ifds = self._unlinked_ifds(positions)
-        futures.append(self._pool.submit(self._put_all, ifds))
+        assert self._ifd_writer is not None
+        futures.append(self._ifd_writer.submit(self._put_all, ifds))
         st = self.state
         st.top = max(st.top, max(positions) + 1)
         nbytes = len(positions) * self.geo.frame_nbytes
@@ -1092,10 +1099,10 @@ class TiffSink(Sink):
         f.sync()
 
     def _shutdown(self) -> None:
-        for pool in (self._pool, self._committer):
+        for pool in (self._pool, self._ifd_writer, self._committer):
             if pool is not None:
                 pool.shutdown(wait=True)
-        self._pool = self._committer = None
+        self._pool = self._ifd_writer = self._committer = None
         if self.file is not None:
             self.file.close()
             self.file = None
