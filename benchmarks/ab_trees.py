@@ -7,7 +7,8 @@
 Each variant is NAME=TREE:WRITE_DEPTH. A round runs fio (io_uring, 16 x 64
 MiB in flight, fsync at the end: bench (a)'s likely ceiling), then each
 variant followed by fio again, in an order rotated every round; a variant's
-ratio is its GB/s over the mean of the fio runs right before and after it.
+ratio is its GB/s over the mean of the fio runs right before and after it
+(the bench's own schedule and bracketed ratios, `benchmarks/_rounds.py`).
 Each variant runs in a process of its own with PYTHONPATH=TREE, so its
 writer processes import that tree's code. This machine's disk swings 2x
 from minute to minute; only the ratios to the neighbouring fio runs, over
@@ -19,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from benchmarks._raw import fio_write
-from benchmarks.suite import tiff_reserved_bytes
+FIO = "fio"
 
 
 def _one(args: argparse.Namespace) -> int:
@@ -67,6 +67,9 @@ def _frames(gib: float, shape: tuple[int, int]) -> int:
 
 
 def _fio(scratch: str, gib: float, shape: tuple[int, int]) -> float:
+    from benchmarks._raw import fio_write
+    from benchmarks.suite import tiff_reserved_bytes
+
     frames = _frames(gib, shape)
     path = Path(scratch) / "ab-fio.bin"
     try:
@@ -86,7 +89,7 @@ def _fio(scratch: str, gib: float, shape: tuple[int, int]) -> float:
 def _variant(text: str) -> tuple[str, str, int]:
     name, _, rest = text.partition("=")
     tree, _, depth = rest.rpartition(":")
-    if not name or not tree or not depth.isdigit():
+    if not name or name == FIO or not tree or not depth.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r}: want NAME=TREE:WRITE_DEPTH")
     return name, tree, int(depth)
 
@@ -106,42 +109,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _one(args)
     if not args.variants:
         ap.error("give at least one NAME=TREE:WRITE_DEPTH")
-    ratios: dict[str, list[float]] = {name: [] for name, _, _ in args.variants}
-    variants = list(args.variants)
-    for r in range(args.rounds):
-        k = r % len(variants)
-        shape = _shape(args.shape)
-        before = _fio(args.dir, args.gib, shape)
-        for name, tree, depth in variants[k:] + variants[:k]:
-            # As a script, from the scratch folder: the tree comes first on
-            # the path (for this process and the writer processes it spawns).
-            cmd = [sys.executable, os.path.abspath(__file__), "--one"]
-            cmd += ["--dir", args.dir, "--gib", str(args.gib), "--shape", args.shape]
-            cmd += ["--ring-mib", str(args.ring_mib), "--depth", str(depth)]
-            env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-            out = subprocess.run(
-                cmd, env=env, cwd=args.dir, capture_output=True, text=True
-            )
-            if out.returncode != 0:
-                print(f"round {r} {name}: failed\n{out.stderr[-2000:]}", flush=True)
-                continue
-            figures = json.loads(out.stdout.strip().splitlines()[-1])
-            after = _fio(args.dir, args.gib, shape)
-            ratio = 2 * figures["gbps"] / (before + after)
-            ratios[name].append(ratio)
+    # Here, not at the top: a variant's process imports this file from its
+    # own tree's `benchmarks`, which may predate these.
+    from benchmarks._rounds import bracketed_ratios, run_rounds, schedule, spread
+
+    shape = _shape(args.shape)
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        name: _tree_runner(args, tree, depth) for name, tree, depth in args.variants
+    }
+    runners[FIO] = lambda: {"gbps": _fio(args.dir, args.gib, shape)}
+    names = [name for name, _, _ in args.variants]
+    plan = schedule(args.rounds, [FIO], names, bracket=FIO)
+    trail: list[list[tuple[str, dict[str, Any] | None]]] = []
+    _, failures = run_rounds(plan, runners, on_result=_print_run, trail=trail)
+    rates = [[(n, None if r is None else r["gbps"]) for n, r in row] for row in trail]
+    for name in names:
+        s = spread(bracketed_ratios(rates, name, FIO))
+        if s["n"]:
             print(
-                f"round {r} {name:8s} {figures['gbps']:.2f} GB/s, fio "
-                f"{before:.2f} / {after:.2f}: {ratio:.3f} {figures}",
-                flush=True,
+                f"{name}: median {s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f}) "
+                f"of the fio runs around it, {s['n']} rounds"
             )
-            before = after
-    for name, values in ratios.items():
-        if values:
-            print(
-                f"{name}: median {statistics.median(values):.3f} "
-                f"({min(values):.3f}-{max(values):.3f}), {len(values)} rounds"
-            )
+    for failure in failures:
+        print(f"round {failure['round']} {failure['name']} failed:")
+        print(failure["traceback"])
     return 0
+
+
+def _tree_runner(
+    args: argparse.Namespace, tree: str, depth: int
+) -> Callable[[], dict[str, Any]]:
+    """One stream run by `tree`'s code, in a process of its own."""
+
+    def run() -> dict[str, Any]:
+        # As a script, from the scratch folder: the tree comes first on the
+        # path (for this process and the writer processes it spawns).
+        cmd = [sys.executable, os.path.abspath(__file__), "--one"]
+        cmd += ["--dir", args.dir, "--gib", str(args.gib), "--shape", args.shape]
+        cmd += ["--ring-mib", str(args.ring_mib), "--depth", str(depth)]
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+        out = subprocess.run(cmd, env=env, cwd=args.dir, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return figures
+
+    return run
+
+
+def _print_run(r: int, name: str, res: dict[str, Any] | None) -> None:
+    gbps = "failed" if res is None else f"{res['gbps']:.2f} GB/s"
+    extra = "" if res is None or name == FIO else f" {res}"
+    print(f"round {r} {name:8s} {gbps}{extra}", flush=True)
 
 
 if __name__ == "__main__":

@@ -475,9 +475,9 @@ class FrameRing:
         area holds `n_entries + 1` of the largest: the frames not yet
         committed (at most `n_entries`, this one included, since the producer
         stays under `n_slots` past `freed_cursor` and the worker keeps that
-        under `n_slots` past `read_cursor`) and the one gap left where the
-        area starts over, so no frame's bytes reach those of a frame not yet
-        committed.
+        within `layout.early_free` of `read_cursor`) and the one gap left
+        where the area starts over, so no frame's bytes reach those of a
+        frame not yet committed.
         """
         n = len(data)
         if n > self._meta_max:
@@ -516,19 +516,23 @@ class FrameRing:
         returned), before `freed_cursor` passes them, for a replacement."""
         buf = self._buf
         assert buf is not None
-        table, n, at = self._meta_table, self.n_entries, _META_ENTRY.size
         for seq, pos in enumerate(positions, first):
-            _POSITION.pack_into(buf, table + (seq % n) * _ENTRY_BYTES + at, pos)
+            _POSITION.pack_into(buf, self._position_at(seq), pos)
 
     def positions(self, first: int, stop: int) -> list[int]:
         """The file positions `set_positions` gave frames first..stop-1."""
         buf = self._buf
         assert buf is not None
-        table, n, at = self._meta_table, self.n_entries, _META_ENTRY.size
         return [
-            _POSITION.unpack_from(buf, table + (seq % n) * _ENTRY_BYTES + at)[0]
+            _POSITION.unpack_from(buf, self._position_at(seq))[0]
             for seq in range(first, stop)
         ]
+
+    def _position_at(self, seq: int) -> int:
+        """Where frame `seq`'s file position sits: after its table entry's
+        producer fields."""
+        entry = self._meta_table + (seq % self.n_entries) * _ENTRY_BYTES
+        return entry + _META_ENTRY.size
 
     def span(self, first: int, count: int) -> memoryview:
         """The slots of frames first..first+count-1, back to back.

@@ -76,6 +76,28 @@ def _assert_file_holds(path: str, total: int, shape: tuple[int, int]) -> None:
     assert not bad, bad
 
 
+def _runner(
+    spec: StreamSpec, layout: RingLayout, block: SharedBlock, resume: bool = False
+) -> _worker.StreamRunner:
+    """A worker's runner for the stream, its file settled (a replacement's
+    with `resume`)."""
+    runner = _worker.StreamRunner(spec, layout, block, resume, lambda _f: None)
+    try:
+        runner.settle()
+    except BaseException:
+        runner.release()
+        raise
+    return runner
+
+
+def _dies(runner: _worker.StreamRunner) -> None:
+    """What a SIGKILL leaves: the process's descriptors, lock and mapping
+    go, the file, journal and ring stay as they are."""
+    runner.sink.abort()
+    assert runner.journal is not None
+    runner.journal.close()
+
+
 def _write_all(runner: _worker.StreamRunner) -> None:
     runner.flush = True
     while runner.next < runner.published():
@@ -101,8 +123,7 @@ def test_a_death_between_the_two_cursor_stores_of_a_commit_is_resumed(
     from stale positions and lost the stream."""
     frames = 40
     layout, block, ring, spec = _setup(tmp_path, shape, frames, metadata_bytes)
-    runner = _worker.StreamRunner(spec, layout, block, False, lambda _f: None)
-    runner.settle()
+    runner = _runner(spec, layout, block)
     try:
         _publish(ring, shape, 10)
         _write_all(runner)
@@ -139,16 +160,13 @@ def test_a_death_between_the_two_cursor_stores_of_a_commit_is_resumed(
         # the two words says 20, the other 10.
         assert sorted((ring.freed_cursor, ring.read_cursor)) == [10, 20]
     finally:
-        runner.sink.abort()  # the dead process's descriptors and lock go
-        assert runner.journal is not None
-        runner.journal.close()
+        _dies(runner)
         runner.release()
 
     # The replacement.
     try:
-        r2 = _worker.StreamRunner(spec, layout, block, True, lambda _f: None)
+        r2 = _runner(spec, layout, block, resume=True)
         try:
-            r2.settle()
             _publish(ring, shape, frames - 20)
             _write_all(r2)
             report = r2.close("completed", None)
@@ -207,8 +225,7 @@ def test_adoption_with_slots_reused(
     )
     assert layout.early_free == layout.n_slots >= 8
     try:
-        runner = _worker.StreamRunner(spec, layout, block, False, lambda _f: None)
-        runner.settle()
+        runner = _runner(spec, layout, block)
         assert runner.sink.file.direct  # type: ignore[attr-defined]
         # Commits only when forced: freed runs early_free past read.
         runner.sink.commit_bytes = 4 * layout.n_slots * layout.frame_nbytes
@@ -229,17 +246,14 @@ def test_adoption_with_slots_reused(
             with pytest.raises(_Died):
                 _drive(runner, ring, shape, total)
         finally:
-            runner.sink.abort()
-            assert runner.journal is not None
-            runner.journal.close()
+            _dies(runner)
             runner.release()
         monkeypatch.undo()
         freed, read = ring.freed_cursor, ring.read_cursor
         assert read < freed
-        r2 = _worker.StreamRunner(spec, layout, block, True, lambda _f: None)
+        r2 = _runner(spec, layout, block, resume=True)
         try:
             assert r2.next == freed
-            r2.settle()
             # The producer reuses the freed slots at once.
             _drive(r2, ring, shape, total)
             report = r2.close("completed", None)
@@ -303,8 +317,7 @@ def test_a_failed_write_after_early_frees_reads_no_freed_slot(
     )
     assert layout.early_free > 0
     try:
-        runner = _worker.StreamRunner(spec, layout, block, False, lambda _f: None)
-        runner.settle()
+        runner = _runner(spec, layout, block)
         monkeypatch.setattr(_tiff, "COMMIT_SECONDS", 0.02)
         sink = runner.sink
         f = sink.file  # type: ignore[attr-defined]
@@ -369,9 +382,8 @@ def test_a_replacement_that_dies_too(
     n = layout.n_slots
     try:
         for k, mark in enumerate([n - 1, 2 * n + 3, None]):
-            r = _worker.StreamRunner(spec, layout, block, k > 0, lambda _f: None)
+            r = _runner(spec, layout, block, resume=k > 0)
             try:
-                r.settle()
                 per = (4 * n) if k == 0 else (n // 2)  # R1 commits as it goes
                 r.sink.commit_bytes = per * layout.frame_nbytes
                 r.faults.die_written = mark
@@ -382,9 +394,7 @@ def test_a_replacement_that_dies_too(
                 with pytest.raises(_Died):
                     _drive_scribbling(r, ring, shape, total)
                 assert ring.read_cursor < ring.freed_cursor
-                r.sink.abort()
-                assert r.journal is not None
-                r.journal.close()
+                _dies(r)
                 _scribble_uncommitted(ring, shape)
             finally:
                 r.release()
@@ -410,8 +420,7 @@ def test_a_reservation_failing_after_a_tail_move_keeps_what_the_move_committed(
         tmp_path, shape, declared, 1024, ring_bytes=20 * per_frame(shape)
     )
     try:
-        runner = _worker.StreamRunner(spec, layout, block, False, lambda _f: None)
-        runner.settle()
+        runner = _runner(spec, layout, block)
         sink = runner.sink
         real = sink._reserve_room  # type: ignore[attr-defined]
         failed: list[int] = []
@@ -447,8 +456,7 @@ def test_ifd_writes_never_take_a_pixel_writes_thread(
         tmp_path, shape, total, 1024, ring_bytes=20 * per_frame(shape)
     )
     try:
-        runner = _worker.StreamRunner(spec, layout, block, False, lambda _f: None)
-        runner.settle()
+        runner = _runner(spec, layout, block)
         sink = runner.sink
         f = sink.file  # type: ignore[attr-defined]
         seen: dict[str, set[str]] = {"pixels": set(), "ifds": set()}

@@ -196,7 +196,8 @@ class TiffSink(Sink):
         self._assigned = 0  # frames given a position (submitted)
         self._inflight: set[int] = set()  # positions submitted, not committed
         # Positions of the frames harvested (writes returned) and not yet
-        # committed, in order: the job's, then the completed batches'.
+        # committed, in order: the job's, then the completed batches'. Kept
+        # as they move rather than rebuilt: the worker asks after every pump.
         self._written: list[int] = []
         self._reserved = 0  # bytes reserved on disk from offset 0
         self._desc0: tuple[int, int] | None = PROVISIONAL
