@@ -28,6 +28,12 @@ normal use never reaches this code. Faults are written as
                              disk that lost written pages reports it
     slow-sync:K:SECONDS      the K-th sync of the data file takes this long
                              first (a disk busy with other programs' data)
+    fail-journal-sync:K      the K-th sync of the journal's lines (on its own
+                             thread; the open's settle is not counted) raises
+                             EIO
+    slow-journal-sync:SECONDS  every sync of the journal's lines takes this
+                             long first: the worker goes on writing and
+                             freeing slots while they wait
     powercut:N               before the batch that would pass N submitted
                              frames (so never more than N), every byte written
                              to the data file and the journal since their
@@ -48,6 +54,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +73,8 @@ class Faults:
     powercut: int | None = None
     fail_sync: int | None = None
     slow_sync: tuple[int, float] | None = None
+    fail_journal_sync: int | None = None
+    slow_journal_sync: float = 0.0
 
     @classmethod
     def parse(cls, text: str | None, *, resumed: bool = False) -> Faults:
@@ -97,6 +106,10 @@ class Faults:
                 faults.fail_sync = int(args[0])
             elif kind == "slow-sync":
                 faults.slow_sync = (int(args[0]), float(args[1]))
+            elif kind == "fail-journal-sync":
+                faults.fail_journal_sync = int(args[0])
+            elif kind == "slow-journal-sync":
+                faults.slow_journal_sync = float(args[0])
             else:
                 raise ValueError(f"unknown fault {kind!r}")
         return faults
@@ -128,6 +141,22 @@ class Faults:
         """Die when this commit crosses the mark (a replacement never does)."""
         if self.die_after is not None and before < self.die_after <= written:
             _die()
+
+    def journal_sync(self, sync: Callable[[], None]) -> Callable[[], None]:
+        """The journal's sync as these faults make it (slow, failing)."""
+        if self.fail_journal_sync is None and not self.slow_journal_sync:
+            return sync
+        calls = 0
+
+        def faulty() -> None:
+            nonlocal calls
+            calls += 1
+            time.sleep(self.slow_journal_sync)
+            if calls == self.fail_journal_sync:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), "journal")
+            sync()
+
+        return faulty
 
     def after_open(self) -> None:
         if self.die_in_open:

@@ -2,8 +2,9 @@
 
 While a stream is open its worker appends one line per frame committed:
 frame index, file position and the metadata bytes exactly as the producer
-encoded them, then syncs, once per commit (after the pixels' own sync, so
-the journal never vouches for a frame whose pixels are not durable). A crash
+encoded them (after the pixels' own sync, so the journal never vouches for
+a frame whose pixels are not durable); a thread syncs them, once for the
+commits that queued meanwhile (`_journal_sync`). A crash
 keeps every complete line; the first line says what the stream was::
 
     {"mesowriter_journal": 2, "spec": {...}}

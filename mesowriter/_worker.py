@@ -13,7 +13,9 @@
          a wake-up's worth waits to be             (slot free), then a commit
          written; a worker with streams            (sync, link, header block)
          also wakes itself)                        on the committer thread
-                                                 its journal lines + sync
+                                                 its journal lines written;
+                                                 their sync on the journal's
+                                                 thread (_journal_sync), then
                                                  read_cursor += n (metadata)
       (full ring) WantSpace ---pipe------->      ... Space once a slot is free
       CloseStream(+ producer figures) ---->      drain, finalise, sidecar,
@@ -22,7 +24,8 @@
       Monitor thread <-- process sentinel --     (worker death)
 
 Durable order per commit: pixels and IFDs synced, then links, header block
-and description (the sink), then the journal lines and their sync, then the
+and description (the sink), then the journal lines and their sync (on a
+thread of its own, so the main thread goes on submitting writes), then the
 ring's read cursor. A slot is freed earlier, once its write returned (a
 process that dies no longer matters to those bytes; a power cut takes the
 ring too): a replacement adopts the frames between the two cursors. At
@@ -57,6 +60,7 @@ from mesowriter._journal import (
     scan,
     write_group_sidecar,
 )
+from mesowriter._journal_sync import InlineSync, JournalSync
 from mesowriter._platform import atomic_write, os_path, unlink
 from mesowriter._report import FinishReason, ProducerStats, StreamReport, dropped_from
 from mesowriter._ring import STORES_IN_ORDER, FrameRing, RingLayout, SharedBlock
@@ -133,7 +137,18 @@ class StreamRunner:
             from mesowriter._faults import PowerCutJournal
 
             self.journal = PowerCutJournal(self.journal)  # type: ignore[assignment]
-        self.committed = self.ring.read_cursor
+        # `appended`: frames the sink committed whose journal lines are
+        # written; `committed`: those lines are durable too (= read cursor).
+        self.committed = self.appended = self.ring.read_cursor
+        self._unsynced: list[int] = []  # file positions, appended .. committed
+        journal = self.journal
+        self._journal_sync: JournalSync = (
+            JournalSync(
+                self.faults.journal_sync(lambda: journal.sync()), wake, self.committed
+            )
+            if journal is not None and self.sink.keeps_files
+            else InlineSync(lambda: None, wake, self.committed)
+        )
         # Frames up to freed_cursor are in the file already (adopted on a
         # resume): the slots may hold later frames, so they are never read.
         self.next = max(self.committed, self.ring.freed_cursor)
@@ -240,9 +255,6 @@ class StreamRunner:
         if self.announced is not None:
             self.announced = max(self.announced, published)
 
-    def pending(self) -> bool:
-        return not self.done and (self.published() > self.next or self.sink.in_flight())
-
     # -- the work ---------------------------------------------------------------------
     def pump(self) -> bool:
         """Submit what is published, harvest what finished; True if progress."""
@@ -250,7 +262,8 @@ class StreamRunner:
             return False
         t0 = time.perf_counter()
         try:
-            progress = self._submit() | self._collect()
+            progress = self._apply_synced()
+            progress = self._submit() | self._collect() | progress
             self._free_written()
         finally:
             self.write_seconds += time.perf_counter() - t0
@@ -261,7 +274,7 @@ class StreamRunner:
         positions first (what a replacement adopts), no further past the
         last commit than the ring keeps metadata (it stays until
         journalled; see _ring)."""
-        written = self.sink.written_uncommitted()
+        written = self._unsynced + self.sink.written_uncommitted()
         ring, committed = self.ring, self.committed
         stop = committed + min(len(written), ring.layout.early_free)
         freed = ring.freed_cursor
@@ -299,7 +312,7 @@ class StreamRunner:
                 # `discarded`: every write in flight went too; else only this
                 # batch was undone and the ones before it are still in flight.
                 self._after_failure(
-                    failed, self.committed if failed.discarded else first
+                    failed, self.appended if failed.discarded else first
                 )
                 return True
             self._commit(committed)
@@ -310,7 +323,7 @@ class StreamRunner:
         try:
             positions = self.sink.collect(idle=self._idle())
         except BatchFailed as failed:
-            self._after_failure(failed, self.committed)
+            self._after_failure(failed, self.appended)
             return True
         self._commit(positions)
         return bool(positions)
@@ -338,7 +351,7 @@ class StreamRunner:
         if failed.failed <= 1 or not self.sink.retry_by_frame:
             raise failed.cause from None
         until = self.next
-        self.next = max(resume_at, self.committed)
+        self.next = max(resume_at, self.appended)
         self.by_frame_until = max(self.by_frame_until, until)
 
     def _drain(self) -> None:
@@ -348,15 +361,18 @@ class StreamRunner:
             positions = self.sink.drain()
         except BatchFailed as failed:
             self._commit(failed.committed)
+            self.wait_journal()
             raise failed.cause from None
         self._commit(positions)
+        self.wait_journal()
 
     def _commit(self, positions: list[int]) -> None:
-        """Journal frames the sink committed (durable), then free their slots."""
+        """Journal frames the sink committed (durable): their lines are
+        written now and synced on the journal's thread (`_apply_synced`)."""
         if not positions:
             return
         ring = self.ring
-        first, n = self.committed, len(positions)
+        first, n = self.appended, len(positions)
         self.faults.after_write(first, first + n)
         entries = []
         for j, pos in enumerate(positions):
@@ -364,16 +380,39 @@ class StreamRunner:
             entries.append((index, pos, meta))
         assert self.journal is not None
         self.journal.append(entries)
-        self.journal.sync()
-        self.committed = first + n
+        self.appended = first + n
+        self._unsynced.extend(positions)
+        self._journal_sync.request(self.appended)
+        self._apply_synced()
+
+    def _apply_synced(self) -> bool:
+        """Move the read cursor past the frames whose lines are durable;
+        True if it moved. A failed sync raises here, on the main thread."""
+        synced = self._journal_sync.synced()
+        first = self.committed
+        if synced <= first:
+            self._journal_sync.raise_failure()
+            return False
+        ring, n = self.ring, synced - first
+        del self._unsynced[:n]
+        self.committed = synced
         ring.bytes_written = ring.bytes_written + n * ring.layout.frame_nbytes
         # The read cursor first: frames below the freed cursor and past the
         # read cursor must have their positions in the table (a replacement
         # adopts them), and these may not (a sink that frees at commit).
-        ring.read_cursor = self.committed
-        if ring.freed_cursor < self.committed:
-            ring.freed_cursor = self.committed
-        self.faults.after_commit(first, self.committed)
+        ring.read_cursor = synced
+        if ring.freed_cursor < synced:
+            ring.freed_cursor = synced
+        self.faults.after_commit(first, synced)
+        self._journal_sync.raise_failure()
+        return True
+
+    def wait_journal(self) -> None:
+        """Block until every journal line written is durable, and move the
+        read cursor past them (draining; tests)."""
+        with suppress(Exception):  # raised below, once the cursor moved
+            self._journal_sync.wait()
+        self._apply_synced()
 
     def due(self, published: int) -> bool:
         """Whether the frames waiting up to `published` make a batch now: a
@@ -490,6 +529,7 @@ class StreamRunner:
                 atomic_write(report_path(self.spec.path), report.to_json())
             except Exception as exc:
                 report.secondary_errors.append(f"writing the report: {exc!r}")
+        self._journal_sync.stop()  # before the journal's descriptor closes
         if self._sidecar_done and self.journal is not None and removes_journal:
             with suppress(OSError):
                 self.journal.remove()
@@ -538,7 +578,10 @@ class StreamRunner:
         jpath = journal_path(self.spec.path)
         finalised = False
         try:
-            records = iter_records(jpath, self.committed)
+            # Every line written, synced or not: after a failed journal
+            # sync those frames are still in the file (the sink committed
+            # them) and their lines readable; finalising makes both durable.
+            records = iter_records(jpath, self.appended)
             self._sink_summary = self.sink.close(reason, records)
             finalised = True
             self.faults.after_finalise()
@@ -616,7 +659,7 @@ class StreamRunner:
             return list(self.journal.indices)
         jpath = journal_path(self.spec.path)
         if os.path.exists(jpath):
-            return [i for i, _ in iter_records(jpath, self.committed)]
+            return [i for i, _ in iter_records(jpath, self.appended)]
         if self.final_frames is not None:  # finalised before: read its report
             try:
                 with open(os_path(report_path(self.spec.path)), "rb") as fh:
@@ -638,6 +681,7 @@ class StreamRunner:
 
     def release(self) -> None:
         """Drop the ring's views (the block stays mapped for the next stream)."""
+        self._journal_sync.stop()
         self.ring.close()
 
 

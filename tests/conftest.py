@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,6 +71,26 @@ def index_frame(i: int, shape: tuple[int, ...], dtype: str = "uint16") -> np.nda
     if len(shape) == 3:
         frame = np.repeat(frame[:, :, None], shape[2], axis=2)
     return frame
+
+
+def write_until_the_error(stream: Any, shape: tuple[int, ...]) -> Any:
+    """Write ten frames, wait for their commit, then write on until the
+    stream's error reaches `write`: the WriterError raised (its traceback
+    from the worker in `__cause__`), checked by the caller."""
+    from mesowriter import WriterError
+
+    for i in range(10):
+        stream.write(index_frame(i, shape), {"i": i})
+    deadline = time.monotonic() + 30
+    while stream.frames_written < 10 and stream.error is None:  # a commit
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(WriterError, match="Input/output error") as info:
+        for i in range(10, 400):
+            stream.write(index_frame(i, shape), {"i": i})
+            time.sleep(0.002)
+    assert "Traceback" in str(info.value.__cause__)
+    return info.value
 
 
 def read_video(path: str | os.PathLike[str], raw: bool = False) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ from mesowriter._spec import StreamSpec
 from mesowriter.sinks._base import BatchFailed, FrameBatch, SlotFrame
 from mesowriter.sinks._tiff import TiffSink
 from mesowriter.sinks._tiff_format import PAGE, newest_block
-from tests.conftest import index_frame
+from tests.conftest import index_frame, write_until_the_error
 
 SHAPE = (64, 64)  # 8192 bytes: the direct path, straight from the "ring"
 
@@ -107,17 +107,7 @@ def test_a_failed_sync_is_never_retried_and_reaches_the_user(
         stream = svc.open_stream(
             path, shape=SHAPE, dtype="uint16", _fault=f"fail-sync:{nth}"
         )
-        for i in range(10):
-            stream.write(index_frame(i, SHAPE), {"i": i})
-        deadline = time.monotonic() + 30
-        while stream.frames_written < 10 and stream.error is None:  # a commit
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        with pytest.raises(WriterError, match="Input/output error") as info:
-            for i in range(10, 400):
-                stream.write(index_frame(i, SHAPE), {"i": i})
-                time.sleep(0.002)
-        assert "Traceback" in str(info.value.__cause__)
+        write_until_the_error(stream, SHAPE)
         with pytest.raises(WriterError) as closing:
             stream.close()
         report = closing.value.report  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import useq
 
@@ -66,8 +67,16 @@ def test_a_producer_goes_on_while_a_commit_syncs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[i], index_frame(i, SHAPE))
 
 
+@pytest.mark.parametrize(
+    "fault",
+    # the second: every journal sync takes 0.3 s, so the worker dies with
+    # commits whose journal lines wait for their sync (their slots freed
+    # with the right positions: test_early_free_paths.py, in-process)
+    ["die-written:40", "slow-journal-sync:0.3,die-written:40"],
+    ids=["written", "lines-unsynced"],
+)
 def test_a_replacement_adopts_written_frames_whose_slots_were_reused(
-    tmp_path: Path,
+    tmp_path: Path, fault: str
 ) -> None:
     path = tmp_path / "adopt.ome.tiff"
     frames = 200
@@ -78,7 +87,7 @@ def test_a_replacement_adopts_written_frames_whose_slots_were_reused(
             dtype="uint16",
             frames=frames,
             metadata_bytes=META,
-            _fault="die-written:40",
+            _fault=fault,
         )
         first_pid = svc.workers[0]
         for i in range(frames):

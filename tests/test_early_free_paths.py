@@ -11,6 +11,7 @@ every frame's pixels are checked in the final TIFF.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +183,23 @@ def test_a_death_between_the_two_cursor_stores_of_a_commit_is_resumed(
 def _drive(runner: _worker.StreamRunner, ring: FrameRing, shape, total: int) -> None:
     """Producer and worker in one thread: publish what the ring has room for
     (seq - freed_cursor < n_slots, as Stream.write), pump, until `total`."""
+    _pump_until(runner, ring, shape, total, lambda: runner.next >= total)
+    runner._drain()
+
+
+def _pump_until(
+    runner: _worker.StreamRunner,
+    ring: FrameRing,
+    shape,
+    total: int,
+    done: Callable[[], bool],
+) -> None:
+    """As _drive, until `done()`, without the drain."""
     import time
 
     runner.flush = True
     deadline = time.monotonic() + 30
-    while runner.next < total:
+    while not done():
         while ring.write_cursor < total and (
             ring.write_cursor - ring.freed_cursor < ring.n_slots
         ):
@@ -194,7 +207,6 @@ def _drive(runner: _worker.StreamRunner, ring: FrameRing, shape, total: int) -> 
         if not runner.pump():
             runner.sink.wait_for_writes(0.05)
         assert time.monotonic() < deadline, "stalled"
-    runner._drain()
 
 
 def per_frame(shape: tuple[int, int]) -> int:
@@ -480,4 +492,122 @@ def test_ifd_writes_never_take_a_pixel_writes_thread(
     assert seen["pixels"] and seen["ifds"]
     assert not seen["pixels"] & seen["ifds"], seen
     assert all(name.startswith("mesowriter-io") for name in seen["pixels"]), seen
+    _assert_file_holds(spec.path, total, shape)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (100, 130)], ids=["aligned", "staged"])
+def test_frames_freed_while_their_journal_lines_wait_for_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int]
+) -> None:
+    """The journal syncs on a thread of its own. While a sync is held back
+    the worker goes on writing, committing and freeing slots: the read
+    cursor never passes a line that is not durable, the freed cursor stays
+    within early_free of it (those frames' metadata is kept), and the file
+    positions it tables for frames the sink committed but the journal has
+    not synced are theirs: a death then is resumed pixel by pixel."""
+    import threading
+
+    from mesowriter.sinks import _tiff
+
+    total = 120
+    layout, block, ring, spec = _setup(
+        tmp_path, shape, total, 1024, ring_bytes=20 * per_frame(shape)
+    )
+    monkeypatch.setattr(_tiff, "COMMIT_SECONDS", 1e9)
+    monkeypatch.setattr(_worker, "IDLE_SECONDS", 1e9)
+    released, dead = threading.Event(), threading.Event()
+    try:
+        runner = _runner(spec, layout, block)
+        runner.sink.commit_bytes = 3 * layout.frame_nbytes  # commits often
+        sync = runner._journal_sync._sync
+
+        def held() -> None:
+            released.wait()
+            if dead.is_set():
+                raise OSError("the process is gone")
+            sync()
+
+        runner._journal_sync._sync = held
+        # Run until the freed cursor is held by the unsynced journal and the
+        # sink committed every freed frame (its commits run on their thread).
+        _pump_until(
+            runner,
+            ring,
+            shape,
+            total,
+            lambda: min(ring.freed_cursor, runner.appended) >= layout.early_free,
+        )
+        assert ring.read_cursor == runner.committed == 0
+        assert ring.freed_cursor == layout.early_free  # metadata kept
+        # Every freed frame was committed by the sink and its line written,
+        # unsynced: its tabled position came from the runner's unsynced list.
+        assert ring.freed_cursor <= runner.appended
+        # The worker dies with those lines unsynced; a sync that would
+        # have run on its descriptor fails with the process.
+        _dies(runner)
+        dead.set()
+        released.set()
+        runner.release()
+        _scribble_uncommitted(ring, shape)
+        r2 = _runner(spec, layout, block, resume=True)
+        assert r2.next == layout.early_free
+        report = _to_the_end(r2, ring, shape, total)
+    finally:
+        released.set()
+        ring.close()
+        block.destroy()
+    assert report.frames_written == total, report.problems()
+    assert any("adopted" in n for n in report.notes), report.notes
+    _assert_file_holds(spec.path, total, shape)
+
+
+def test_a_slow_journal_sync_holds_the_read_cursor_not_the_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Released, the held sync moves the read cursor past every line it
+    covered, and one sync covers every commit that queued meanwhile."""
+    import threading
+    import time
+
+    from mesowriter.sinks import _tiff
+
+    shape, total = (64, 64), 30
+    layout, block, ring, spec = _setup(
+        tmp_path, shape, total, 1024, ring_bytes=20 * per_frame(shape)
+    )
+    monkeypatch.setattr(_tiff, "COMMIT_SECONDS", 1e9)
+    released = threading.Event()
+    syncs: list[float] = []
+    try:
+        runner = _runner(spec, layout, block)
+        runner.sink.commit_bytes = 2 * layout.frame_nbytes
+        sync = runner._journal_sync._sync
+
+        def held() -> None:
+            released.wait()
+            syncs.append(time.monotonic())
+            sync()
+
+        runner._journal_sync._sync = held
+        runner.flush = True
+        _publish(ring, shape, 12)
+        deadline = time.monotonic() + 30
+        while runner.appended < 12:
+            if not runner.pump():
+                runner.sink.wait_for_writes(0.05)
+            assert time.monotonic() < deadline, "stalled"
+        assert ring.read_cursor == 0 and runner.committed == 0
+        released.set()
+        runner.wait_journal()
+        assert ring.read_cursor == runner.committed == 12
+        # The first sync may have been waiting already; the rest is one.
+        assert 1 <= len(syncs) <= 2, syncs
+        assert ring.bytes_written == 12 * layout.frame_nbytes
+        _publish(ring, shape, total - 12)
+        report = _to_the_end(runner, ring, shape, total)
+    finally:
+        released.set()
+        ring.close()
+        block.destroy()
+    assert report.frames_written == total, report.problems()
     _assert_file_holds(spec.path, total, shape)
