@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 
@@ -42,6 +43,7 @@ class JournalSync:
         self._cond = threading.Condition()
         self._wanted = self._synced = start
         self._error: BaseException | None = None
+        self._error_tb: TracebackType | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -51,10 +53,15 @@ class JournalSync:
                 return
             self._wanted = frames
             if self._thread is None and not self._stopping:
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._run, name="mesowriter-journal-sync", daemon=True
                 )
-                self._thread.start()
+                try:  # it waits for this lock before it looks at anything
+                    thread.start()
+                except RuntimeError as exc:  # no thread to be had: a failure
+                    self._fail(exc)
+                    return
+                self._thread = thread
             self._cond.notify_all()
 
     def synced(self) -> int:
@@ -66,8 +73,9 @@ class JournalSync:
     def raise_failure(self) -> None:
         """Raise a failed sync's error (its traceback from the thread)."""
         with self._cond:
-            if self._error is not None:
-                raise self._error
+            error, tb = self._error, self._error_tb
+        if error is not None:
+            raise error.with_traceback(tb)  # not one more frame each time
 
     def wait(self) -> int:
         """Block until every requested line is durable (draining, closing)."""
@@ -91,6 +99,12 @@ class JournalSync:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def _fail(self, exc: BaseException) -> None:
+        """Keep the first failure (call with the lock held)."""
+        if self._error is None:
+            self._error, self._error_tb = exc, exc.__traceback__
+        self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -105,9 +119,8 @@ class JournalSync:
                 self._sync()
             except BaseException as exc:
                 with self._cond:
-                    self._error = exc
+                    self._fail(exc)
                     self._thread = None
-                    self._cond.notify_all()
                 self._wake(None)
                 return
             with self._cond:

@@ -612,7 +612,10 @@ class StreamRunner:
         finish = _finish_reason(reason, err, dropped, spec.frames, len(written))
         if producer is None and finish not in (FinishReason.ERROR,):
             finish = FinishReason.ACQUISITION_EXITED
-        nbytes = self.ring.bytes_written
+        # The frames in the file, not the ring's count of journalled ones:
+        # after a failed journal sync the file also holds those whose lines
+        # were written (see _finalise).
+        nbytes = len(written) * self.ring.layout.frame_nbytes
         seconds = stats.seconds
         return StreamReport(
             path=spec.path,
@@ -659,7 +662,9 @@ class StreamRunner:
             return list(self.journal.indices)
         jpath = journal_path(self.spec.path)
         if os.path.exists(jpath):
-            return [i for i, _ in iter_records(jpath, self.appended)]
+            # A file finalised by a dead worker holds every line it wrote.
+            limit = self.appended if self.final_frames is None else self.final_frames
+            return [i for i, _ in iter_records(jpath, limit)]
         if self.final_frames is not None:  # finalised before: read its report
             try:
                 with open(os_path(report_path(self.spec.path)), "rb") as fh:

@@ -192,7 +192,10 @@ def test_power_cut_keeps_every_frame_that_was_synced(tmp_path: Path) -> None:
     with tifffile.TiffFile(path) as tf:
         seen = tf.series[0].shape[0]
         data = tf.series[0].asarray().reshape(-1, *SHAPE_BIG)
-    assert 0 < seen <= len(records)
+    # Only durable, exact frames. The journal may trail the file by the
+    # commits that ended while a sync of its lines ran: those frames are
+    # kept, their metadata marked lost (below).
+    assert 0 < seen
     for i in range(seen):
         np.testing.assert_array_equal(data[i], index_frame(i, SHAPE_BIG))
     result = recover(path)

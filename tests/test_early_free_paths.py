@@ -499,12 +499,13 @@ def test_ifd_writes_never_take_a_pixel_writes_thread(
 def test_frames_freed_while_their_journal_lines_wait_for_a_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int]
 ) -> None:
-    """The journal syncs on a thread of its own. While a sync is held back
-    the worker goes on writing, committing and freeing slots: the read
-    cursor never passes a line that is not durable, the freed cursor stays
-    within early_free of it (those frames' metadata is kept), and the file
-    positions it tables for frames the sink committed but the journal has
-    not synced are theirs: a death then is resumed pixel by pixel."""
+    """The journal syncs on a thread of its own. While its syncs are held
+    back the worker goes on writing and committing; the read cursor never
+    passes a line that is not durable and the freed cursor stays within
+    early_free of it (those frames' metadata is kept). Once one sync
+    returns, the slots it lets go include frames the sink committed whose
+    lines are still unsynced: their tabled positions come from the
+    runner's unsynced list, and a death then is resumed pixel by pixel."""
     import threading
 
     from mesowriter.sinks import _tiff
@@ -515,45 +516,55 @@ def test_frames_freed_while_their_journal_lines_wait_for_a_sync(
     )
     monkeypatch.setattr(_tiff, "COMMIT_SECONDS", 1e9)
     monkeypatch.setattr(_worker, "IDLE_SECONDS", 1e9)
-    released, dead = threading.Event(), threading.Event()
+    allowed, dead = threading.Semaphore(0), threading.Event()
+    early = layout.early_free
     try:
         runner = _runner(spec, layout, block)
         runner.sink.commit_bytes = 3 * layout.frame_nbytes  # commits often
         sync = runner._journal_sync._sync
+        targets: list[int] = []
 
         def held() -> None:
-            released.wait()
+            allowed.acquire(timeout=30)
             if dead.is_set():
                 raise OSError("the process is gone")
+            targets.append(runner._journal_sync._wanted)
             sync()
 
         runner._journal_sync._sync = held
-        # Run until the freed cursor is held by the unsynced journal and the
-        # sink committed every freed frame (its commits run on their thread).
+        # Every sync held: the sink commits all it may while the freed
+        # cursor stops early_free past the read cursor.
         _pump_until(
             runner,
             ring,
             shape,
             total,
-            lambda: min(ring.freed_cursor, runner.appended) >= layout.early_free,
+            lambda: (
+                ring.freed_cursor == early
+                and runner.appended >= early + ring.n_slots // 2
+            ),
         )
         assert ring.read_cursor == runner.committed == 0
-        assert ring.freed_cursor == layout.early_free  # metadata kept
-        # Every freed frame was committed by the sink and its line written,
-        # unsynced: its tabled position came from the runner's unsynced list.
-        assert ring.freed_cursor <= runner.appended
-        # The worker dies with those lines unsynced; a sync that would
-        # have run on its descriptor fails with the process.
+        # One sync through: the read cursor moves past its lines only.
+        allowed.release()
+        _pump_until(runner, ring, shape, total, lambda: runner.committed > 0)
+        first = ring.read_cursor
+        assert first == runner.committed < runner.appended
+        assert ring.freed_cursor == first + early  # [early, first + early):
+        assert ring.freed_cursor <= runner.appended  # committed, unsynced
+        # The worker dies; the sync that would have run on its descriptor
+        # fails with the process.
         _dies(runner)
         dead.set()
-        released.set()
+        allowed.release()
         runner.release()
         _scribble_uncommitted(ring, shape)
         r2 = _runner(spec, layout, block, resume=True)
-        assert r2.next == layout.early_free
+        assert r2.next == first + early
         report = _to_the_end(r2, ring, shape, total)
     finally:
-        released.set()
+        dead.set()
+        allowed.release()
         ring.close()
         block.destroy()
     assert report.frames_written == total, report.problems()

@@ -95,19 +95,38 @@ def test_stop_lets_the_sync_under_way_finish_and_starts_no_other() -> None:
     assert held.calls == 1 and sync.wait() == 2
 
 
+def test_a_sync_thread_that_cannot_start_is_a_failure_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    sync = JournalSync(lambda: None, lambda _f: None, start=0)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    sync.request(3)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        sync.wait()
+    assert sync.synced() == 0
+    sync.stop()
+
+
+# Each journal sync takes 50 ms: lines of later commits wait unsynced when
+# the second sync fails.
+FAILING = "fail-journal-sync:2,slow-journal-sync:0.05"
+
+
 def test_a_failed_journal_sync_reaches_the_user_and_the_file_keeps_the_rest(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "journal eio.ome.tiff"
     with WriterService(ring_bytes=4 << 20) as svc:
-        stream = svc.open_stream(
-            path, shape=SHAPE, dtype="uint16", _fault="fail-journal-sync:2"
-        )
+        stream = svc.open_stream(path, shape=SHAPE, dtype="uint16", _fault=FAILING)
         error = write_until_the_error(stream, SHAPE)
         assert "_journal_sync" in str(error.__cause__)  # the thread's frames
         with pytest.raises(WriterError) as closing:
             stream.close()
         report = closing.value.report  # type: ignore[attr-defined]
+    assert report.bytes_written == report.frames_written * SHAPE[0] * SHAPE[1] * 2
     assert report.finish_reason == "error" and "Input/output error" in report.error
     # The frames the sink committed and whose lines were written before the
     # failure was seen (the sync that failed covered some, commits went on
@@ -124,3 +143,31 @@ def test_a_failed_journal_sync_reaches_the_user_and_the_file_keeps_the_rest(
         data = tf.asarray().reshape(-1, *SHAPE)
     for i in range(kept):
         np.testing.assert_array_equal(data[i], index_frame(i, SHAPE))
+
+
+def test_a_replacement_reports_what_a_dead_worker_finalised_after_a_failed_sync(
+    tmp_path: Path,
+) -> None:
+    # The first worker finalises with every line it wrote (some never
+    # synced), then dies before the sidecar: the replacement's report, the
+    # file and the sidecar must agree.
+    path = tmp_path / "journal eio then death.ome.tiff"
+    with WriterService(ring_bytes=4 << 20) as svc:
+        stream = svc.open_stream(
+            path,
+            shape=SHAPE,
+            dtype="uint16",
+            _fault=FAILING + ",die-after-finalise",
+        )
+        write_until_the_error(stream, SHAPE)
+        try:
+            report = stream.close()
+        except WriterError as exc:
+            report = exc.report  # type: ignore[attr-defined]
+    with tifffile.TiffFile(path) as tf:
+        in_file = len(tf.pages)
+    side = json.loads(Path(f"{path}_frame_metadata.json").read_text())["p0"]
+    assert report.worker_restarts == 1, report.problems()
+    assert report.frames_written == in_file == len(side) >= 1
+    assert [m["i"] for m in side] == list(range(in_file))
+    assert report.frames_received == report.frames_written + report.frames_dropped
