@@ -390,22 +390,21 @@ class StreamRunner:
         True if it moved. A failed sync raises here, on the main thread."""
         synced = self._journal_sync.synced()
         first = self.committed
-        if synced <= first:
-            self._journal_sync.raise_failure()
-            return False
-        ring, n = self.ring, synced - first
-        del self._unsynced[:n]
-        self.committed = synced
-        ring.bytes_written = ring.bytes_written + n * ring.layout.frame_nbytes
-        # The read cursor first: frames below the freed cursor and past the
-        # read cursor must have their positions in the table (a replacement
-        # adopts them), and these may not (a sink that frees at commit).
-        ring.read_cursor = synced
-        if ring.freed_cursor < synced:
-            ring.freed_cursor = synced
-        self.faults.after_commit(first, synced)
-        self._journal_sync.raise_failure()
-        return True
+        if synced > first:
+            ring, n = self.ring, synced - first
+            del self._unsynced[:n]
+            self.committed = synced
+            ring.bytes_written = ring.bytes_written + n * ring.layout.frame_nbytes
+            # The read cursor first: frames below the freed cursor and past
+            # the read cursor must have their positions in the table (a
+            # replacement adopts them), and these may not (a sink that frees
+            # at commit).
+            ring.read_cursor = synced
+            if ring.freed_cursor < synced:
+                ring.freed_cursor = synced
+            self.faults.after_commit(first, synced)
+        self._journal_sync.raise_failure()  # after what it made durable
+        return synced > first
 
     def wait_journal(self) -> None:
         """Block until every journal line written is durable, and move the
